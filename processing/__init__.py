@@ -1,0 +1,1 @@
+"""Everything between the world and the GLIED model: tokenizer, processor, feature readers, data sets, pipeline."""

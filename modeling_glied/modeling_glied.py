@@ -477,6 +477,15 @@ class GLIEDModel(GLIEDPreTrainedModel):
         return self.decoder
 
 
+def select_images(encoder_outputs, image_index):
+    """The encoder outputs of images `image_index` (one row per caption or sample): the encoder runs once per image."""
+    selected = type(encoder_outputs)()
+    for key, value in encoder_outputs.items():
+        if isinstance(value, torch.Tensor):
+            selected[key] = value.index_select(0, image_index.to(value.device))
+    return selected
+
+
 def shift_tokens_right(labels, pad_token_id, decoder_start_token_id):
     """Teacher forcing: `<bos>` + caption (labels without their last token), -100 read as `<pad>`."""
     shifted = labels.new_full(labels.shape, pad_token_id)
@@ -525,6 +534,7 @@ class GLIEDForCaptioning(GLIEDPreTrainedModel, GenerationMixin):
         attribute_mask=None,
         decoder_input_ids=None,
         labels=None,
+        caption_image_index=None,
         encoder_outputs=None,
         past_key_values=None,
         use_cache=None,
@@ -534,7 +544,8 @@ class GLIEDForCaptioning(GLIEDPreTrainedModel, GenerationMixin):
         **kwargs,
     ):
         """Returns `GLIEDCaptioningOutput`. Give `labels` (caption ids + `<eos>`, -100 = ignore) for the loss;
-        `decoder_input_ids` default to the labels shifted right behind `<bos>`."""
+        `decoder_input_ids` default to the labels shifted right behind `<bos>`. With several captions per image,
+        `caption_image_index` (one image index per caption row) lets the encoder run once per image."""
         output_attentions = bool(output_attentions)
         output_hidden_states = bool(output_hidden_states)
         if labels is not None and decoder_input_ids is None:
@@ -546,6 +557,8 @@ class GLIEDForCaptioning(GLIEDPreTrainedModel, GenerationMixin):
                 region_features, region_mask, region_boxes, attribute_ids, attribute_mask,
                 output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             )
+        if caption_image_index is not None:
+            encoder_outputs = select_images(encoder_outputs, caption_image_index)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None:
             past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
@@ -600,4 +613,5 @@ __all__ = [
     "GLIEDForCaptioning",
     "GLIEDModel",
     "GLIEDPreTrainedModel",
+    "select_images",
 ]

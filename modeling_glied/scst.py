@@ -10,6 +10,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from .modeling_glied import select_images
+
 
 @dataclass
 class SelfCriticalOutput:
@@ -34,11 +36,8 @@ def sequence_log_probs(model, encoder_outputs, sequences):
 
 def expand_encoder_outputs(encoder_outputs, times):
     """Repeat every image's encoder outputs `times` times (sample i of image b sits at row b * times + i)."""
-    expanded = type(encoder_outputs)()
-    for key, value in encoder_outputs.items():
-        if isinstance(value, torch.Tensor):
-            expanded[key] = value.repeat_interleave(times, dim=0)
-    return expanded
+    batch = encoder_outputs.last_hidden_state.shape[0]
+    return select_images(encoder_outputs, torch.arange(batch).repeat_interleave(times))
 
 
 def self_critical_loss(

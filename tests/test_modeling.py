@@ -328,3 +328,15 @@ def test_trust_remote_code_loads_where_the_package_is_not_importable(tmp_path):
     module, generated = result.stdout.strip().splitlines()[-2:]
     assert module.startswith("transformers_modules")
     assert eval(generated) == expected.tolist()
+
+
+def test_caption_image_index_runs_the_encoder_once_per_image():
+    model = model_for(tiny_config())
+    inputs = make_inputs(batch=2, boxes=True)
+    index = torch.tensor([0, 0, 1, 1, 1])
+    labels = torch.randint(4, 40, (5, 6))
+    repeated = {k: v.index_select(0, index) for k, v in inputs.items()}
+    expected = model(**repeated, labels=labels)
+    shared = model(**inputs, labels=labels, caption_image_index=index)
+    torch.testing.assert_close(shared.logits, expected.logits, atol=1e-5, rtol=1e-5)
+    assert shared.loss.item() == pytest.approx(expected.loss.item(), rel=1e-5)

@@ -47,9 +47,11 @@ def test_loss_is_the_advantage_weighted_log_likelihood():
     torch.manual_seed(1)
     out = self_critical_loss(model, INPUTS, [["5"]] * 4, count_fives, decode, num_samples=3, baseline="mean",
                              max_new_tokens=5)
-    encoder_outputs = model.get_encoder()(**INPUTS)
-    expanded = type(encoder_outputs)(**{k: v.repeat_interleave(3, 0) for k, v in encoder_outputs.items()})
-    log_probs = sequence_log_probs(model, expanded, out.sequences)
+    repeated = {k: v.repeat_interleave(3, 0) for k, v in INPUTS.items()}
+    logits = model(**repeated, decoder_input_ids=out.sequences[:, :-1]).logits
+    log_probs = logits.log_softmax(-1).gather(-1, out.sequences[:, 1:, None]).squeeze(-1)
+    torch.testing.assert_close(log_probs, sequence_log_probs(model, INPUTS, out.sequences,
+                                                             torch.arange(4).repeat_interleave(3)))
     mask = caption_token_mask(out.sequences, 2, 0).float()
     advantage = (out.rewards - out.baseline).reshape(-1, 1)
     expected = -(advantage * log_probs * mask).sum() / mask.sum()

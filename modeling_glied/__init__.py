@@ -6,6 +6,11 @@ generation Auto class of the installed transformers).
 import transformers
 
 from .configuration_glied import GLIEDConfig
+from .modeling_attribute_detector import (
+    GLIEDAttributeDetector,
+    GLIEDAttributeDetectorConfig,
+    GLIEDAttributeDetectorOutput,
+)
 from .modeling_glied import GLIEDCaptioningOutput, GLIEDEncoderOutput, GLIEDForCaptioning, GLIEDModel
 
 
@@ -17,9 +22,13 @@ def _register_auto_classes():
         auto_class = getattr(transformers, name, None)
         if auto_class is not None:
             auto_class.register(GLIEDConfig, GLIEDForCaptioning, exist_ok=True)
+    transformers.AutoConfig.register("glied_attribute_detector", GLIEDAttributeDetectorConfig, exist_ok=True)
+    transformers.AutoModel.register(GLIEDAttributeDetectorConfig, GLIEDAttributeDetector, exist_ok=True)
     # a saved checkpoint carries the code, so it loads with trust_remote_code=True where glied is not installed
     GLIEDConfig.register_for_auto_class()
     GLIEDModel.register_for_auto_class("AutoModel")
+    GLIEDAttributeDetectorConfig.register_for_auto_class()
+    GLIEDAttributeDetector.register_for_auto_class("AutoModel")
     GLIEDForCaptioning.register_for_auto_class(
         "AutoModelForImageTextToText" if hasattr(transformers, "AutoModelForImageTextToText") else "AutoModelForVision2Seq"
     )
@@ -27,4 +36,13 @@ def _register_auto_classes():
 
 _register_auto_classes()
 
-__all__ = ["GLIEDCaptioningOutput", "GLIEDConfig", "GLIEDEncoderOutput", "GLIEDForCaptioning", "GLIEDModel"]
+__all__ = [
+    "GLIEDAttributeDetector",
+    "GLIEDAttributeDetectorConfig",
+    "GLIEDAttributeDetectorOutput",
+    "GLIEDCaptioningOutput",
+    "GLIEDConfig",
+    "GLIEDEncoderOutput",
+    "GLIEDForCaptioning",
+    "GLIEDModel",
+]

@@ -217,7 +217,7 @@ class GLIEDAttributeDetector(GLIEDAttributeDetectorPreTrainedModel):
                 f"multi-hot row per image"
             )
 
-    def forward(self, region_features=None, region_mask=None, labels=None, return_dict=None, **kwargs):
+    def forward(self, region_features=None, region_mask=None, labels=None, return_dict=None):
         r"""
         Args:
             region_features: (B, N, F) float region features.
@@ -230,8 +230,6 @@ class GLIEDAttributeDetector(GLIEDAttributeDetectorPreTrainedModel):
             [`GLIEDAttributeDetectorOutput`] with `loss` (when `labels` are given), `probabilities` (B, V),
             `region_probabilities` (B, N, V) and `logits` (B, N, V).
         """
-        if kwargs:
-            raise ValueError(f"GLIEDAttributeDetector.forward got unexpected inputs: {sorted(kwargs)}")
         self._check_inputs(region_features, region_mask, labels)
         # p_ij = sigmoid(f(r_i) . w_j + b_j)
         logits = self.word_classifier(self.region_encoder(region_features))
@@ -240,6 +238,8 @@ class GLIEDAttributeDetector(GLIEDAttributeDetectorPreTrainedModel):
         else:
             valid = region_mask.to(device=logits.device, dtype=torch.bool)
         valid = valid.unsqueeze(-1)  # (B, N, 1)
+        # the noisy-OR in float32 at least: half precision would floor log P near -10
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         log_not_region = F.logsigmoid(-logits).masked_fill(~valid, 0.0)  # log(1 - p_ij), 0 at padding
         # P(w_j | I) = 1 - prod_i (1 - p_ij), in log space: log(1 - P_j) = sum_i log(1 - p_ij)
         log_not_image = log_not_region.sum(dim=1)

@@ -621,6 +621,42 @@ def write_karpathy_json(scenes, out_dir):
     return {"dataset_json": dataset_json, "attributes_json": attributes_json, "image_root": out_dir}
 
 
+QUICKSTART_EXTRACTOR = {"detector": "components", "backbone": "pixels", "max_regions": 8}
+
+
+def prepare_quickstart_data(out_dir, num_train=4000, num_val=250, num_test=250, image_size=96, seed=0,
+                            extractor=None, progress=True):
+    """Everything a training run needs, from nothing: scenes, the Karpathy-style JSON, attribute words, and the
+    region features of every image (the extractor's connected-components detector and pixel descriptor: the
+    extractor a trained quick-start model is saved with, so `pipeline("image-to-text")` captions raw images the
+    same way), written as a self-critical-style ``.npz`` directory and converted to a feature store.
+
+    Returns {"dataset_json", "attributes_json", "image_root", "features", "region_extractor"}.
+    """
+    from .feature_stores import convert_feature_store
+    from .image_regions import RegionFeatureExtractor
+
+    out_dir = Path(out_dir)
+    description = dict(QUICKSTART_EXTRACTOR, **(extractor or {}))
+    region_extractor = RegionFeatureExtractor(**description)
+    scenes = generate_scenes(num_train=num_train, num_val=num_val, num_test=num_test, image_size=image_size,
+                             seed=seed)
+    paths = write_karpathy_json(scenes, out_dir)
+    npz_dir = out_dir / "features_npz"
+    npz_dir.mkdir(parents=True, exist_ok=True)
+    records = [record for split in scenes.values() for record in split]
+    outputs = region_extractor([r["image"] for r in records], batch_size=64, progress=progress)
+    for record, output in zip(records, outputs):
+        width, height = output["image_size"]
+        pixel_boxes = output["region_boxes"] * np.array([width, height, width, height], dtype=np.float32)
+        np.savez(npz_dir / f"{record['image_id']}.npz", feat=output["region_features"], boxes=pixel_boxes,
+                 image_w=width, image_h=height)
+    features = convert_feature_store(npz_dir, out_dir / "features", format="npz", progress=progress,
+                                     overwrite=True)
+    shutil.rmtree(npz_dir)
+    return {**paths, "features": Path(features), "region_extractor": region_extractor.to_dict()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Generate the glied quick-start captioning data set.")
     parser.add_argument("--out_dir", required=True)

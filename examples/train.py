@@ -67,10 +67,13 @@ def merge(base, override, where="config"):
     for key, value in (override or {}).items():
         if key not in merged:
             raise ValueError(f"unknown {where} key {key!r}; known: {sorted(merged)}")
-        if isinstance(merged[key], dict) and key != "model":
+        if isinstance(merged[key], dict):
             if not isinstance(value, dict):
                 raise ValueError(f"{where}.{key} must be a mapping, got {value!r}")
-            merged[key] = merge(merged[key], value, f"{where}.{key}")
+            if key == "model":  # any GLIEDConfig value; GLIEDConfig itself rejects the bad ones
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = merge(merged[key], value, f"{where}.{key}")
         else:
             merged[key] = value
     return merged
@@ -197,8 +200,8 @@ def build_model(config, processor):
 
 
 def document_frequency(config, train_data, accelerator):
-    """CIDEr-D document frequencies of the training references, cached as JSON (no pickle)."""
-    path = Path(config["scst"]["document_frequency"] or Path(config["output_dir"]) / "cider_df.json")
+    """CIDEr-D document frequencies of the training references, cached as safetensors (no pickle)."""
+    path = Path(config["scst"]["document_frequency"] or Path(config["output_dir"]) / "cider_df.safetensors")
     if accelerator.is_main_process and not path.exists():
         CiderD.from_references(list(train_data.tokenized_references().values())).save(path)
     accelerator.wait_for_everyone()

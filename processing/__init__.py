@@ -1,7 +1,10 @@
 """Everything between the world and the GLIED model: tokenizer, processor, feature readers, data sets, pipeline.
 
-Importing the package registers the tokenizer and processor with `AutoTokenizer` and `AutoProcessor`.
+Importing the package registers the tokenizer and processor with `AutoTokenizer` and `AutoProcessor`, and the
+captioning pipeline under the "image-to-text" task of `transformers.pipeline`.
 """
+from .pipeline_glied import GLIEDImageToTextPipeline, register_pipeline
+from .image_regions import PIXEL_FEATURE_SIZE, RegionFeatureExtractor, attribute_candidates
 from .processing_glied import GLIEDProcessor, register_auto_classes
 from .tokenization_glied import (
     SPECIAL_TOKENS,
@@ -13,9 +16,14 @@ from .tokenization_glied import (
 )
 
 register_auto_classes()
+register_pipeline()
 
 __all__ = [
+    "PIXEL_FEATURE_SIZE",
     "SPECIAL_TOKENS",
+    "RegionFeatureExtractor",
+    "attribute_candidates",
+    "GLIEDImageToTextPipeline",
     "GLIEDProcessor",
     "GLIEDTokenizer",
     "build_vocabulary",

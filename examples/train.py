@@ -1,7 +1,7 @@
 """Train GLIED (or the Base model) with Accelerate: cross-entropy, then self-critical sequence training.
 
     python examples/train.py --config examples/configs/coco_glied_xe.yaml
-    accelerate launch --num_processes 2 examples/train.py --config ... --set train.batch_size=50
+    accelerate launch --multi_gpu --num_processes 2 examples/train.py --config ...   # 2 processes (GPUs or CPU)
     python examples/train.py --config ... --set model.hidden_size=256 train.epochs=3
 
 The YAML config has the sections `data`, `processor`, `model` (GLIEDConfig values), `train`, `scst` and
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -50,7 +50,7 @@ DEFAULTS = {
                   "max_caption_length": 20, "region_extractor": None},
     "model": {},
     "train": {"stage": "xe", "init_from": None, "epochs": 15, "batch_size": 50, "captions_per_image": 5,
-              "learning_rate": 5e-4, "scheduler": "inverse_sqrt", "warmup_steps": 1000, "weight_decay": 0.0,
+              "optimizer": "adam", "adam_epsilon": 1e-9, "learning_rate": 5e-4, "scheduler": "inverse_sqrt", "warmup_steps": 1000, "weight_decay": 0.0,
               "max_grad_norm": 1.0, "mixed_precision": "no", "checkpoint_every": 500, "max_steps": None,
               "tensorboard": False, "num_workers": 0},
     "scst": {"num_samples": 5, "baseline": "mean", "max_new_tokens": 16, "document_frequency": None},
@@ -79,6 +79,17 @@ def merge(base, override, where="config"):
     return merged
 
 
+def parse_value(raw):
+    """A YAML value; also reads "1e-3", which YAML 1.1 leaves a string, as a number."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def load_config(path=None, overrides=()):
     """DEFAULTS <- the YAML file <- `section.key=value` overrides."""
     config = copy.deepcopy(DEFAULTS)
@@ -90,7 +101,7 @@ def load_config(path=None, overrides=()):
             raise ValueError(f"--set takes section.key=value, got {item!r}")
         dotted, raw = item.split("=", 1)
         *sections, key = dotted.split(".")
-        node = {key: yaml.safe_load(raw)}
+        node = {key: parse_value(raw)}
         for section in reversed(sections):
             node = {section: node}
         config = merge(config, node)
@@ -199,6 +210,20 @@ def build_model(config, processor):
     return model
 
 
+def build_optimizer(model, train_cfg):
+    """Adam (beta2 0.98, as in the Transformer recipe), AdamW, or plain SGD with momentum."""
+    name, lr, decay = train_cfg["optimizer"], train_cfg["learning_rate"], train_cfg["weight_decay"]
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=train_cfg["adam_epsilon"],
+                                weight_decay=decay)
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=train_cfg["adam_epsilon"],
+                                 weight_decay=decay)
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=decay)
+    raise ValueError(f"train.optimizer must be 'adam', 'adamw' or 'sgd', got {name!r}")
+
+
 def document_frequency(config, train_data, accelerator):
     """CIDEr-D document frequencies of the training references, cached as safetensors (no pickle)."""
     path = Path(config["scst"]["document_frequency"] or Path(config["output_dir"]) / "cider_df.safetensors")
@@ -251,7 +276,10 @@ def train(config):
     if train_cfg["stage"] == "scst" and not train_cfg["init_from"]:
         raise ValueError("the SCST stage starts from a cross-entropy model: set train.init_from")
     output_dir = Path(config["output_dir"])
-    accelerator = Accelerator(split_batches=True, mixed_precision=train_cfg["mixed_precision"],
+    # several processes on a machine without a GPU (accelerate launch --multi_gpu / torchrun there): gloo on CPU
+    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=cpu_processes, dataloader_config=DataLoaderConfiguration(split_batches=True),
+                              mixed_precision=train_cfg["mixed_precision"],
                               log_with="tensorboard" if train_cfg["tensorboard"] else None, project_dir=output_dir)
     if train_cfg["batch_size"] % accelerator.num_processes:
         raise ValueError(f"train.batch_size ({train_cfg['batch_size']}) must split evenly over "
@@ -271,16 +299,18 @@ def train(config):
         accelerator.print(f"{train_cfg['stage']}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
                           f"{len(processor.tokenizer)} words, {len(data['train'])} training images")
 
-    sampler = EpochShuffleSampler(len(data["train"]), config["seed"])
-    loader = torch.utils.data.DataLoader(data["train"], batch_size=train_cfg["batch_size"], sampler=sampler,
+    loader = torch.utils.data.DataLoader(data["train"], batch_size=train_cfg["batch_size"],
+                                         sampler=EpochShuffleSampler(len(data["train"]), config["seed"]),
                                          collate_fn=CaptioningCollator(processor), drop_last=True,
-                                         num_workers=train_cfg["num_workers"])
+                                         num_workers=train_cfg["num_workers"],
+                                         # its own generator: starting an epoch then draws nothing from the global
+                                         # RNG, so dropout after a resume is what it would have been
+                                         generator=torch.Generator().manual_seed(config["seed"]))
     steps_per_epoch = len(data["train"]) // train_cfg["batch_size"]
     if steps_per_epoch == 0:
         raise ValueError(f"train.batch_size ({train_cfg['batch_size']}) exceeds the {len(data['train'])} training images")
     total_steps = steps_per_epoch * train_cfg["epochs"]
-    optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg["learning_rate"], betas=(0.9, 0.98), eps=1e-9,
-                                 weight_decay=train_cfg["weight_decay"])
+    optimizer = build_optimizer(model, train_cfg)
     scheduler = get_scheduler(train_cfg["scheduler"], optimizer, num_warmup_steps=train_cfg["warmup_steps"],
                               num_training_steps=total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -307,10 +337,10 @@ def train(config):
                     disable=not accelerator.is_local_main_process)
     stopped = False
     while state["epoch"] < train_cfg["epochs"] and not stopped:
-        sampler.set_epoch(state["epoch"])
         batches = loader
         if state["step_in_epoch"]:
             batches = accelerator.skip_first_batches(loader, state["step_in_epoch"])
+        batches.set_epoch(state["epoch"])  # the sampler's permutation of this epoch, also after a resume
         model.train()
         for batch in batches:
             inputs = model_inputs(batch)
@@ -380,6 +410,7 @@ def train(config):
         if not stopped:
             summary.update(final_test(config, output_dir, processor, data["test"], accelerator))
         write_json(output_dir / "summary.json", summary)
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
 

@@ -94,6 +94,31 @@ def test_a_stopped_run_resumes_as_if_never_stopped_then_self_critical_training(d
     history = json.loads((tmp_path / "scst" / "checkpoints" / "last" / "trainer_state.json").read_text())["history"]
     assert all("reward" in h for h in history if "step" in h)
 
+    evaluation = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "evaluate.py"), "--model", str(tmp_path / "straight" / "best"),
+         "--captions", str(data["dataset_json"]), "--features", str(data["features"]), "--attributes",
+         str(data["attributes_json"]), "--split", "test", "--metrics", "BLEU", "CIDEr", "--output",
+         str(tmp_path / "evaluation")], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    scores = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    assert list(scores) == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr"]
+    assert scores["CIDEr"] == pytest.approx(summary_of(tmp_path / "straight")["test_metrics"]["CIDEr"], abs=1e-9)
+    assert len(json.loads((tmp_path / "evaluation" / "captions.json").read_text())) == 8
+
+
+def summary_of(output_dir):
+    return json.loads((Path(output_dir) / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["coco_glied_xe", "coco_glied_scst", "coco_base_xe", "quickstart"])
+def test_shipped_configs_are_valid(name):
+    from modeling_glied import GLIEDConfig
+
+    config = load_config(ROOT / "examples" / "configs" / f"{name}.yaml")
+    model_config = GLIEDConfig(**config["model"])
+    assert model_config.is_base_model == name.startswith("coco_base")
+    assert config["train"]["stage"] == ("scst" if "scst" in name else "xe")
+
 
 def test_config_overrides_and_errors(tmp_path):
     config = load_config(ROOT / "examples" / "configs" / "quickstart.yaml",

@@ -388,7 +388,9 @@ class GLIEDDecoder(nn.Module):
         self.layers = nn.ModuleList([GLIEDDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
 
     def forward(self, decoder_input_ids, encoder_outputs, past_key_values=None, use_cache=False,
-                output_attentions=False, output_hidden_states=False):
+                output_attentions=False, output_hidden_states=False, image_index=None):
+        """`encoder_outputs` has one row per image; `image_index` (one per caption row) pairs several captions
+        with one image, whose memories are then projected once and shared."""
         batch, length = decoder_input_ids.shape
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         positions = torch.arange(past_length, past_length + length, device=decoder_input_ids.device)
@@ -404,10 +406,13 @@ class GLIEDDecoder(nn.Module):
             "region_mask": encoder_outputs.region_mask,
             "attribute_mask": encoder_outputs.attribute_mask,
         }
+        masks = memories
+        if image_index is not None:
+            masks = {name: memories[name].index_select(0, image_index) for name in ("region_mask", "attribute_mask")}
         all_hidden = (hidden,) if output_hidden_states else None
         maps = {name: () for name in ("context", "visual", "attribute", "local_region", "local_attribute")}
         for layer in self.layers:
-            memory_kv = self._memory_kv(layer, memories, past_key_values if use_cache else None)
+            memory_kv = self._memory_kv(layer, memories, past_key_values if use_cache else None, image_index)
 
             def context_kv(t, layer=layer):
                 keys, values = layer.context_attention.project_memory(t)
@@ -415,7 +420,7 @@ class GLIEDDecoder(nn.Module):
                     keys, values = past_key_values.self_attention_cache.update(keys, values, layer.layer_idx)
                 return keys, values
 
-            hidden, layer_maps = layer(hidden, memories, memory_kv, context_kv, causal_mask, output_attentions)
+            hidden, layer_maps = layer(hidden, masks, memory_kv, context_kv, causal_mask, output_attentions)
             if output_hidden_states:
                 all_hidden += (hidden,)
             for name, value in layer_maps.items():
@@ -423,15 +428,15 @@ class GLIEDDecoder(nn.Module):
         return hidden, all_hidden, maps
 
     @staticmethod
-    def _memory_kv(layer, memories, cache):
+    def _memory_kv(layer, memories, cache, image_index):
         """Project the image memories once per image and keep them in the cross-attention cache."""
-        if cache is None:
-            keys, values = layer.project_memories(memories)
-        elif cache.is_updated.get(layer.layer_idx, False):
+        if cache is not None and cache.is_updated.get(layer.layer_idx, False):
             entry = cache.cross_attention_cache.layers[layer.layer_idx]
-            keys, values = entry.keys, entry.values
-        else:
-            keys, values = layer.project_memories(memories)
+            return layer.split_memories(entry.keys, entry.values, memories)
+        keys, values = layer.project_memories(memories)
+        if image_index is not None:
+            keys, values = keys.index_select(0, image_index), values.index_select(0, image_index)
+        if cache is not None:
             keys, values = cache.cross_attention_cache.update(keys, values, layer.layer_idx)
             cache.is_updated[layer.layer_idx] = True
         return layer.split_memories(keys, values, memories)
@@ -475,15 +480,6 @@ class GLIEDModel(GLIEDPreTrainedModel):
 
     def get_decoder(self):
         return self.decoder
-
-
-def select_images(encoder_outputs, image_index):
-    """The encoder outputs of images `image_index` (one row per caption or sample): the encoder runs once per image."""
-    selected = type(encoder_outputs)()
-    for key, value in encoder_outputs.items():
-        if isinstance(value, torch.Tensor):
-            selected[key] = value.index_select(0, image_index.to(value.device))
-    return selected
 
 
 def shift_tokens_right(labels, pad_token_id, decoder_start_token_id):
@@ -545,7 +541,8 @@ class GLIEDForCaptioning(GLIEDPreTrainedModel, GenerationMixin):
     ):
         """Returns `GLIEDCaptioningOutput`. Give `labels` (caption ids + `<eos>`, -100 = ignore) for the loss;
         `decoder_input_ids` default to the labels shifted right behind `<bos>`. With several captions per image,
-        `caption_image_index` (one image index per caption row) lets the encoder run once per image."""
+        `caption_image_index` (one image index per caption row) lets the encoder, and the projection of the image
+        memories for attention, run once per image."""
         output_attentions = bool(output_attentions)
         output_hidden_states = bool(output_hidden_states)
         if labels is not None and decoder_input_ids is None:
@@ -558,13 +555,13 @@ class GLIEDForCaptioning(GLIEDPreTrainedModel, GenerationMixin):
                 output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             )
         if caption_image_index is not None:
-            encoder_outputs = select_images(encoder_outputs, caption_image_index)
+            caption_image_index = caption_image_index.to(encoder_outputs.last_hidden_state.device)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None:
             past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
         hidden, all_hidden, maps = self.model.decoder(
             decoder_input_ids, encoder_outputs, past_key_values if use_cache else None, use_cache,
-            output_attentions, output_hidden_states,
+            output_attentions, output_hidden_states, caption_image_index,
         )
         # y ~ p = softmax(W_c c~)
         logits = self.lm_head(hidden)
@@ -590,6 +587,13 @@ class GLIEDForCaptioning(GLIEDPreTrainedModel, GenerationMixin):
             encoder_attentions=encoder_outputs.attentions,
         )
 
+    @staticmethod
+    def _reorder_cache(past_key_values, beam_idx):
+        """Beam search keeps the beams' previous words; the image memories of the beams of one image are equal,
+        so only the self-attention cache is reordered (no copy of the cross-attention keys and values)."""
+        past_key_values.self_attention_cache.reorder_cache(beam_idx)
+        return past_key_values
+
     def prepare_inputs_for_generation(
         self, decoder_input_ids, past_key_values=None, encoder_outputs=None, use_cache=None, **kwargs
     ):
@@ -613,5 +617,4 @@ __all__ = [
     "GLIEDForCaptioning",
     "GLIEDModel",
     "GLIEDPreTrainedModel",
-    "select_images",
 ]

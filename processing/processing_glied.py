@@ -73,6 +73,10 @@ class GLIEDProcessor(ProcessorMixin):
             "feature_extractor" (or "tokenizer", "image_processor", ...) as a sub-processor object.
     """
 
+    # transformers 4.x reads the sub-processors from these class attributes (5.x from the `__init__` signature)
+    attributes = ["tokenizer"]
+    tokenizer_class = "AutoTokenizer"
+
     def __init__(
         self,
         tokenizer=None,

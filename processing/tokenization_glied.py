@@ -10,6 +10,7 @@ word ids (docs/CONVENTIONS.md).
 """
 
 import collections
+import os
 from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, processors
@@ -17,8 +18,12 @@ from tokenizers.models import WordLevel
 
 try:  # transformers >= 5
     from transformers import TokenizersBackend as _FastTokenizerBase
+
+    _TRANSFORMERS_4 = False
 except ImportError:  # transformers 4.x
     from transformers import PreTrainedTokenizerFast as _FastTokenizerBase
+
+    _TRANSFORMERS_4 = True
 
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)  # ids 0, 1, 2, 3 (GLIEDConfig defaults)
@@ -131,6 +136,10 @@ class GLIEDTokenizer(_FastTokenizerBase):
         **kwargs,
     ):
         specials = [str(pad_token), str(bos_token), str(eos_token), str(unk_token)]
+        tokenizer_file = kwargs.get("tokenizer_file")
+        if vocab is None and tokenizer_file is not None and os.path.isfile(tokenizer_file):
+            # transformers 4.x loads by passing tokenizer.json (5.x hands its vocabulary over as `vocab`)
+            vocab = Tokenizer.from_file(tokenizer_file).get_vocab()
         if vocab is None:
             vocab = {token: index for index, token in enumerate(specials)}
         if not isinstance(vocab, dict):
@@ -153,6 +162,8 @@ class GLIEDTokenizer(_FastTokenizerBase):
         self._tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
         # No decoder: `tokenizers` joins the decoded words with single spaces.
         self._tokenizer.post_processor = processors.TemplateProcessing(single="$A:0", pair="$A:0 $B:1")
+        if _TRANSFORMERS_4:  # the 4.x base class builds its backend from `tokenizer_object`, ignoring `_tokenizer`
+            kwargs["tokenizer_object"] = self._tokenizer
         kwargs.setdefault("padding_side", "right")
         kwargs.setdefault("clean_up_tokenization_spaces", False)
         # "<eos>" typed in a caption is text ("eos"), never the control token: captions cannot end themselves
@@ -195,7 +206,10 @@ def register_tokenizer():
     from modeling_glied import GLIEDConfig
 
     AutoConfig.register(GLIEDConfig.model_type, GLIEDConfig, exist_ok=True)
-    AutoTokenizer.register(GLIEDConfig, tokenizer_class=GLIEDTokenizer, exist_ok=True)
+    try:  # transformers >= 5
+        AutoTokenizer.register(GLIEDConfig, tokenizer_class=GLIEDTokenizer, exist_ok=True)
+    except TypeError:  # transformers 4.x: a fast tokenizer class
+        AutoTokenizer.register(GLIEDConfig, fast_tokenizer_class=GLIEDTokenizer, exist_ok=True)
 
 
 __all__ = [

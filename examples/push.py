@@ -1,0 +1,83 @@
+"""Upload a trained GLIED model to the Hugging Face Hub: weights, config, processor, code and a filled model card.
+
+    python examples/push.py --model-dir outputs/quickstart/glied/best --repo-id user/glied-quickstart
+    python examples/push.py --model-dir ... --repo-id user/name --revision experiments --private \
+        --commit-message "GLIED after SCST" [--run-dir outputs/quickstart/glied] [--license apache-2.0]
+
+Everything goes up in ONE commit, so every revision of the repository holds a model and the processor and card
+that belong to it: `model.safetensors`, `config.json`, `generation_config.json`, `configuration_glied.py` and
+`modeling_glied.py` (so `trust_remote_code=True` loads the model where glied is not installed),
+`processor_config.json`, the tokenizer files, and `README.md` (the card of `processing/model_card.py`, with the
+results of the training run found next to the model folder). The model and processor are loaded and saved again
+(`save_pretrained`), which checks that they load and agree.
+
+The token comes from `--token`, `HF_TOKEN` or `hf auth login`; `HF_ENDPOINT` selects another Hub. Prints the
+commit URL; a branch given with `--revision` is created from `main` when it does not exist.
+"""
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+try:
+    import modeling_glied  # noqa: F401
+except ImportError:  # run from a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from huggingface_hub import HfApi
+
+from modeling_glied import GLIEDForCaptioning
+from processing import GLIEDProcessor
+from processing.model_card import build_model_card
+
+
+def stage_model_folder(model_dir, target, repo_id=None, run_dir=None, license=None):
+    """Write everything the repository receives into `target`; returns the model card."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model folder not found: {model_dir}")
+    card = build_model_card(model_dir, run_dir=run_dir, repo_id=repo_id, license=license)  # checks the files
+    processor = GLIEDProcessor.from_pretrained(model_dir)
+    model = GLIEDForCaptioning.from_pretrained(model_dir)
+    processor.check_model_config(model.config)
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    card.save(Path(target) / "README.md")
+    return card
+
+
+def push(model_dir, repo_id, revision=None, private=False, commit_message=None, run_dir=None, license=None,
+         token=None):
+    """Create the repository (and branch) if needed and upload the model folder in one commit; returns its
+    `CommitInfo` (`.oid` is the commit id, `.commit_url` its page)."""
+    api = HfApi(token=token)
+    repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+    repo_id = repo_url.repo_id
+    if revision not in (None, "main"):
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="glied-push-") as staging:
+        stage_model_folder(model_dir, staging, repo_id=repo_id, run_dir=run_dir, license=license)
+        return api.upload_folder(repo_id=repo_id, folder_path=staging, revision=revision,
+                                 commit_message=commit_message or f"Upload GLIED model from {Path(model_dir).name}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", required=True, help="a folder with the model and processor (e.g. <run>/best)")
+    parser.add_argument("--repo-id", required=True, help="user/name (or name, under the token's user)")
+    parser.add_argument("--revision", help="branch to commit to (created from main if missing); default main")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    parser.add_argument("--commit-message", help="the commit title")
+    parser.add_argument("--run-dir", help="the training run (config.yaml.json, summary.json, test_metrics.json); "
+                                          "default: the model folder or its parent, where they are")
+    parser.add_argument("--license", help="license of the weights for the card's metadata, e.g. apache-2.0")
+    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    args = parser.parse_args(argv)
+    commit = push(args.model_dir, args.repo_id, revision=args.revision, private=args.private,
+                  commit_message=args.commit_message, run_dir=args.run_dir, license=args.license, token=args.token)
+    print(f"pushed {args.model_dir} to {args.repo_id}@{args.revision or 'main'}: {commit.commit_url}")
+    return commit
+
+
+if __name__ == "__main__":
+    main()

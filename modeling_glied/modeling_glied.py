@@ -31,6 +31,8 @@ class GLIEDEncoderOutput(ModelOutput):
     last_hidden_state: `I~`, the regions after global visual distilling (`I` when it is switched off).
     region_states: `I`, the projected raw regions. attribute_states: `A`, the embedded attribute words.
     attentions: per layer, the region groupings `H_vd` attends with, (B, heads, N, N).
+    memory_keys / memory_values: (B, layers, heads, M, head_size), the image memories already projected for every
+        decoder layer's attentions (what `generate` runs once per image, so that beams and samples share them).
     """
 
     last_hidden_state: Optional[torch.FloatTensor] = None
@@ -40,6 +42,8 @@ class GLIEDEncoderOutput(ModelOutput):
     attribute_mask: Optional[torch.BoolTensor] = None
     hidden_states: Optional[tuple] = None
     attentions: Optional[tuple] = None
+    memory_keys: Optional[torch.FloatTensor] = None
+    memory_values: Optional[torch.FloatTensor] = None
 
 
 @dataclass
@@ -378,6 +382,37 @@ class GLIEDDecoderLayer(nn.Module):
         return self.feed_forward(aspect), maps
 
 
+def image_memories(encoder_outputs):
+    """The memories the decoder attends to: `I~`, `I`, `A` and their masks."""
+    return {
+        "distilled_regions": encoder_outputs.last_hidden_state,
+        "regions": encoder_outputs.region_states,
+        "attributes": encoder_outputs.attribute_states,
+        "region_mask": encoder_outputs.region_mask,
+        "attribute_mask": encoder_outputs.attribute_mask,
+    }
+
+
+class GLIEDGenerationEncoder(nn.Module):
+    """What `generate` runs once per image: the encoder, then every decoder layer's projection of the image
+    memories, which beam search and sampling then copy per beam instead of recomputing."""
+
+    def __init__(self, encoder, decoder):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def forward(self, region_features, region_mask=None, region_boxes=None, attribute_ids=None, attribute_mask=None,
+                output_attentions=False, output_hidden_states=False, return_dict=True, **kwargs):
+        outputs = self.encoder(region_features, region_mask, region_boxes, attribute_ids, attribute_mask,
+                               output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        memories = image_memories(outputs)
+        keys, values = zip(*(layer.project_memories(memories) for layer in self.decoder.layers))
+        outputs["memory_keys"] = torch.stack(keys, dim=1)
+        outputs["memory_values"] = torch.stack(values, dim=1)
+        return outputs
+
+
 class GLIEDDecoder(nn.Module):
     def __init__(self, config: GLIEDConfig, embed_tokens: nn.Embedding):
         super().__init__()
@@ -399,20 +434,21 @@ class GLIEDDecoder(nn.Module):
         hidden = self.dropout(hidden + sinusoidal_positions(positions, self.config.hidden_size).to(hidden.dtype))
         total = past_length + length
         causal_mask = torch.ones(length, total, dtype=torch.bool, device=hidden.device).tril(diagonal=past_length)
-        memories = {
-            "distilled_regions": encoder_outputs.last_hidden_state,
-            "regions": encoder_outputs.region_states,
-            "attributes": encoder_outputs.attribute_states,
-            "region_mask": encoder_outputs.region_mask,
-            "attribute_mask": encoder_outputs.attribute_mask,
-        }
+        memories = image_memories(encoder_outputs)
         masks = memories
         if image_index is not None:
             masks = {name: memories[name].index_select(0, image_index) for name in ("region_mask", "attribute_mask")}
         all_hidden = (hidden,) if output_hidden_states else None
         maps = {name: () for name in ("context", "visual", "attribute", "local_region", "local_attribute")}
         for layer in self.layers:
-            memory_kv = self._memory_kv(layer, memories, past_key_values if use_cache else None, image_index)
+            if encoder_outputs.memory_keys is not None:  # projected once per image before generation
+                keys = encoder_outputs.memory_keys[:, layer.layer_idx]
+                values = encoder_outputs.memory_values[:, layer.layer_idx]
+                if image_index is not None:
+                    keys, values = keys.index_select(0, image_index), values.index_select(0, image_index)
+                memory_kv = layer.split_memories(keys, values, memories)
+            else:
+                memory_kv = self._memory_kv(layer, memories, past_key_values if use_cache else None, image_index)
 
             def context_kv(t, layer=layer):
                 keys, values = layer.context_attention.project_memory(t)
@@ -516,7 +552,9 @@ class GLIEDForCaptioning(GLIEDPreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     def get_encoder(self, *args, **kwargs):
-        return self.model.encoder
+        """The image side for `generate`: the encoder plus the projection of the image memories (shared weights;
+        `model.model.encoder` alone gives the encoder outputs without the projections)."""
+        return GLIEDGenerationEncoder(self.model.encoder, self.model.decoder)
 
     def get_decoder(self):
         return self.model.decoder

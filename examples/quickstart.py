@@ -15,20 +15,19 @@ outputs/quickstart/glied and outputs/quickstart/base (ready for `from_pretrained
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from train import load_config, train  # noqa: E402  (examples/ is on sys.path when this script runs)
+from train import load_config, train  # examples/ is on sys.path when this script runs
 
-from modeling_glied import GLIEDForCaptioning  # noqa: E402
-from processing import GLIEDProcessor  # noqa: E402
-from processing.captions import load_captions  # noqa: E402
-from processing.image_regions import RegionFeatureExtractor, attribute_candidates  # noqa: E402
-from processing.metrics import evaluate_captions  # noqa: E402
-from processing.quickstart_data import prepare_quickstart_data  # noqa: E402
+from modeling_glied import GLIEDForCaptioning
+from processing import GLIEDProcessor
+from processing.captions import load_captions
+from processing.image_regions import RegionFeatureExtractor, attribute_candidates
+from processing.metrics import evaluate_captions
+from processing.quickstart_data import prepare_quickstart_data
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "quickstart.yaml"
 BASE_SWITCHES = ["model.global_visual_distilling=false", "model.global_attribute_distilling=false",

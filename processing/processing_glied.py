@@ -7,13 +7,14 @@ the region-feature settings, and saves them together (`processor_config.json` ne
 
 import collections
 import json
+import os
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 from transformers import BatchFeature, ProcessorMixin
 
-from .tokenization_glied import GLIEDTokenizer, register_tokenizer, split_caption
+from .tokenization_glied import SPECIAL_TOKENS, GLIEDTokenizer, register_tokenizer, split_caption
 
 _PIXEL_TOLERANCE = 1.0  # boxes in pixels may overshoot the image border by this much (then clipped)
 _NORMALISED_TOLERANCE = 1e-3  # boxes already in [0, 1] may overshoot by this much (then clipped)
@@ -125,7 +126,17 @@ class GLIEDProcessor(ProcessorMixin):
         registered (otherwise it returns a generic `TokenizersBackend`): this registers it first.
         """
         register_tokenizer()
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        local = os.path.isdir(pretrained_model_name_or_path)
+        if local and not os.path.isfile(os.path.join(pretrained_model_name_or_path, "tokenizer.json")):
+            raise FileNotFoundError(
+                f"{pretrained_model_name_or_path} holds no GLIED processor (no tokenizer.json): save one there with "
+                "processor.save_pretrained(...)"
+            )
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if len(processor.tokenizer) <= len(SPECIAL_TOKENS):
+            raise ValueError(f"{pretrained_model_name_or_path} holds no GLIED vocabulary: its tokenizer has only the "
+                             "special tokens; is it a GLIED processor?")
+        return processor
 
     @property
     def model_input_names(self):

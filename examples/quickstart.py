@@ -18,14 +18,11 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
-
 from train import load_config, train  # examples/ is on sys.path when this script runs
+from transformers import pipeline
 
-from modeling_glied import GLIEDForCaptioning
-from processing import GLIEDProcessor
+import processing  # noqa: F401  (registers the image-to-text pipeline)
 from processing.captions import load_captions
-from processing.image_regions import RegionFeatureExtractor, attribute_candidates
 from processing.metrics import evaluate_captions
 from processing.quickstart_data import prepare_quickstart_data
 
@@ -52,17 +49,11 @@ def novel_split_scores(output_dir, dataset_json):
 
 
 def caption_images(model_dir, image_paths, num_beams=3):
-    """Raw images -> captions with the saved model and the region extractor saved in its processor."""
-    processor = GLIEDProcessor.from_pretrained(model_dir)
-    model = GLIEDForCaptioning.from_pretrained(model_dir).eval()
-    extractor = RegionFeatureExtractor.from_dict(processor.region_extractor)
-    regions = extractor([str(p) for p in image_paths])
-    inputs = processor(region_features=[r["region_features"] for r in regions],
-                       region_boxes=[r["region_boxes"] for r in regions],
-                       attributes=attribute_candidates(regions), return_tensors="pt")
-    with torch.inference_mode():
-        ids = model.generate(**inputs, num_beams=num_beams, max_new_tokens=20)
-    return processor.batch_decode(ids, skip_special_tokens=True)
+    """Raw images -> captions with the saved model, through the image-to-text pipeline (it rebuilds the region
+    extractor saved in the model's processor)."""
+    captioner = pipeline("image-to-text", model=str(model_dir))
+    outputs = captioner([str(p) for p in image_paths], num_beams=num_beams, max_new_tokens=20)
+    return [output[0]["generated_text"] for output in outputs]
 
 
 def main(argv=None):

@@ -142,10 +142,10 @@ class HMLSTMOutput(ModelOutput):
     loss: `sentence_loss + phrase_loss_weight * phrase_loss` (when `return_loss`).
     sentence_loss: bidirectional image-sentence hinge loss.
     phrase_loss: bidirectional phrase-image hinge loss (0 with no phrase or in the flat model).
-    image_sentence_similarity: (B, B), `[i, j]` = cos(image i, sentence j); pair i is image i with sentence i.
-    phrase_image_similarity: (B, P, B), `[b, p, k]` = max over the valid regions of image k of cos(phrase p of
+    image_sentence_similarity: (B, S), `[i, j]` = cos(image i, sentence j).
+    phrase_image_similarity: (S, P, B), `[b, p, k]` = max over the valid regions of image k of cos(phrase p of
         sentence b, region); 0 at padded phrases. None in the flat model or without phrases.
-    image_embeds (B, E), region_embeds (B, N, E), sentence_embeds (B, E), phrase_embeds (B, P, E) or None:
+    image_embeds (B, E), region_embeds (B, N, E), sentence_embeds (S, E), phrase_embeds (S, P, E) or None:
         L2-normalised, zeros at padding.
     """
 
@@ -384,7 +384,7 @@ class HMLSTMModel(HMLSTMPreTrainedModel):
     # losses
     # ------------------------------------------------------------------------------------------------------------
     def phrase_image_similarity(self, phrases, regions, region_mask=None):
-        """`[b, p, k]` = max over the valid regions of image k of cos(phrase p of sentence b, region): (B, P, B)."""
+        """`[b, p, k]` = max over the valid regions of image k of cos(phrase p of sentence b, region): (S, P, B)."""
         # s(p, I_k) = max_i cos(p, r_i^k)
         scores = torch.einsum("bpe,kne->bpkn", phrases, regions)
         if region_mask is not None:
@@ -392,38 +392,67 @@ class HMLSTMModel(HMLSTMPreTrainedModel):
             scores = scores.masked_fill(invalid[None, None], float("-inf"))
         return scores.max(dim=-1).values
 
-    def ranking_losses(self, image_sentence, phrase_image=None, phrase_mask=None):
+    def ranking_losses(self, image_sentence, phrase_image=None, phrase_mask=None, sentence_image_index=None):
         r"""
-        The ranking losses from the similarity matrices (pair i = image i with sentence i).
+        The ranking losses from the similarity matrices: `image_sentence` (B, S) and `phrase_image` (S, P, B).
 
-        Sentence term: `mean_i agg_{j != i} [m - S_ii + S_ij]_+ + mean_j agg_{i != j} [m - S_jj + S_ij]_+`
-        (image annotation, then image search). Phrase term, over the valid phrases q of sentence b(q):
-        `mean_q agg_{k != b(q)} [m - s(q, b(q)) + s(q, k)]_+ + mean_q agg_{q': b(q') != b(q)} [m - s(q, b(q)) +
-        s(q', b(q))]_+`. agg is sum, or max with `hardest_negative`.
+        Sentence s describes image `i(s) = sentence_image_index[s]` (default: s, with S = B); every true pair
+        (i(s), s) is a query in both directions, its negatives the other images and the sentences of the other
+        images: `mean_s agg_{k != i(s)} [m - S_{i(s)s} + S_{ks}]_+ + mean_s agg_{s': i(s') != i(s)}
+        [m - S_{i(s)s} + S_{i(s)s'}]_+` (image search, then image annotation). Phrase term, over the valid phrases
+        q of sentence b(q): `mean_q agg_{k != i(b(q))} [m - s(q, i(b(q))) + s(q, k)]_+ + mean_q agg_{q': i(b(q'))
+        != i(b(q))} [m - s(q, i(b(q))) + s(q', i(b(q)))]_+`. agg is sum, or max with `hardest_negative`.
 
         Returns `(sentence_loss, phrase_loss)`; phrase_loss is 0 without phrases.
         """
         margin, hardest = float(self.config.margin), self.config.hardest_negative
-        batch = image_sentence.shape[0]
-        diagonal = image_sentence.diagonal()
-        off = ~torch.eye(batch, dtype=torch.bool, device=image_sentence.device)
-        sentence_loss = hinge_ranking(image_sentence, diagonal, off, margin, hardest) + hinge_ranking(
-            image_sentence.t(), diagonal, off, margin, hardest
+        images, sentences = image_sentence.shape
+        device = image_sentence.device
+        owner = self._sentence_images(sentence_image_index, images, sentences, device)
+        candidates = torch.arange(images, device=device)
+        positive = image_sentence[owner, torch.arange(sentences, device=device)]
+        other_image = owner.unsqueeze(1) != candidates  # (S, B)
+        other_sentence = owner.unsqueeze(1) != owner.unsqueeze(0)  # (S, S)
+        # search: sentence s against every image; annotation: the image of s against every sentence
+        sentence_loss = hinge_ranking(image_sentence.t(), positive, other_image, margin, hardest) + hinge_ranking(
+            image_sentence[owner], positive, other_sentence, margin, hardest
         )
         if phrase_image is None or phrase_image.shape[1] == 0:
             return sentence_loss, image_sentence.sum() * 0.0
         if phrase_mask is None:
             phrase_mask = torch.ones(phrase_image.shape[:2], dtype=torch.bool, device=phrase_image.device)
         b, p = phrase_mask.to(device=phrase_image.device, dtype=torch.bool).nonzero(as_tuple=True)
+        image_of = owner[b]  # the true image of every valid phrase q
         scores = phrase_image[b, p]  # (Q, B): valid phrase q against every image
-        positive = scores.gather(1, b.unsqueeze(1)).squeeze(1)
-        other_image = b.unsqueeze(1) != torch.arange(batch, device=b.device)
-        to_images = hinge_ranking(scores, positive, other_image, margin, hardest)
-        # the true image of q against the phrases q' of the other sentences: s(q', b(q))
-        rival_phrases = scores[:, b].t()  # [q, q'] = s(q', b(q))
-        other_sentence = b.unsqueeze(1) != b.unsqueeze(0)
-        to_phrases = hinge_ranking(rival_phrases, positive, other_sentence, margin, hardest)
+        positive = scores.gather(1, image_of.unsqueeze(1)).squeeze(1)
+        to_images = hinge_ranking(scores, positive, image_of.unsqueeze(1) != candidates, margin, hardest)
+        # the true image of q against the phrases q' of the other images' sentences: s(q', i(b(q)))
+        rival_phrases = scores[:, image_of].t()  # [q, q'] = s(q', i(b(q)))
+        to_phrases = hinge_ranking(rival_phrases, positive, image_of.unsqueeze(1) != image_of.unsqueeze(0), margin,
+                                   hardest)
         return sentence_loss, to_images + to_phrases
+
+    @staticmethod
+    def _sentence_images(sentence_image_index, images, sentences, device):
+        """The image index of every sentence, validated: arange when omitted (then sentences must equal images)."""
+        if sentence_image_index is None:
+            if images != sentences:
+                raise ValueError(
+                    f"{sentences} sentences and {images} images: pair i is image i with sentence i unless "
+                    f"sentence_image_index says which image each sentence describes"
+                )
+            return torch.arange(sentences, device=device)
+        owner = torch.as_tensor(sentence_image_index, device=device)
+        if owner.shape != (sentences,) or owner.dtype.is_floating_point or owner.dtype == torch.bool:
+            raise ValueError(
+                f"sentence_image_index must be an integer tensor of shape ({sentences},) (one image per sentence), "
+                f"got {tuple(owner.shape)} {owner.dtype}"
+            )
+        owner = owner.long()
+        if sentences and (int(owner.min()) < 0 or int(owner.max()) >= images):
+            raise ValueError(f"sentence_image_index values must lie in [0, {images}) (the image rows), got "
+                             f"[{int(owner.min())}, {int(owner.max())}]")
+        return owner
 
     def forward(
         self,
@@ -434,13 +463,16 @@ class HMLSTMModel(HMLSTMPreTrainedModel):
         region_boxes=None,
         phrase_spans=None,
         phrase_mask=None,
+        sentence_image_index=None,
         return_loss=True,
         return_dict=None,
     ):
         r"""
-        Embeds B images and their B sentences (pair i = image i, sentence i) and ranks them.
+        Embeds B images and S sentences and ranks the true pairs above the others.
 
-        Args: as [`embed_images`] and [`embed_sentences`]; `return_loss` computes the losses.
+        Args: as [`embed_images`] and [`embed_sentences`]; `sentence_image_index` (S,): the image row each sentence
+        describes (several sentences may share an image; default: sentence i describes image i, S = B);
+        `return_loss` computes the losses.
 
         Returns:
             [`HMLSTMOutput`].
@@ -448,11 +480,7 @@ class HMLSTMModel(HMLSTMPreTrainedModel):
         if input_ids is None or region_features is None:
             raise ValueError("HMLSTMModel.forward needs both input_ids and region_features; embed one side with "
                              "embed_sentences or embed_images")
-        if input_ids.shape[0] != region_features.shape[0]:
-            raise ValueError(
-                f"input_ids hold {input_ids.shape[0]} sentences and region_features {region_features.shape[0]} "
-                f"images: pair i is image i with sentence i"
-            )
+        self._sentence_images(sentence_image_index, region_features.shape[0], input_ids.shape[0], input_ids.device)
         images, regions = self.embed_images(region_features, region_mask, region_boxes)
         sentences, phrases = self.embed_sentences(input_ids, attention_mask, phrase_spans, phrase_mask)
         # S_ij = cos(image i, sentence j)
@@ -464,7 +492,8 @@ class HMLSTMModel(HMLSTMPreTrainedModel):
                 phrase_image = phrase_image.masked_fill(~phrase_mask.to(phrase_image.device).bool().unsqueeze(-1), 0.0)
         loss = sentence_loss = phrase_loss = None
         if return_loss:
-            sentence_loss, phrase_loss = self.ranking_losses(image_sentence, phrase_image, phrase_mask)
+            sentence_loss, phrase_loss = self.ranking_losses(image_sentence, phrase_image, phrase_mask,
+                                                             sentence_image_index)
             # L = L_sentence + lambda L_phrase
             loss = sentence_loss + self.config.phrase_loss_weight * phrase_loss
         output = HMLSTMOutput(

@@ -121,6 +121,60 @@ def test_loss_equals_naive_loops(hardest):
     assert out.loss.item() == pytest.approx(float(sentence) + 0.7 * float(phrase))
 
 
+def naive_shared_losses(S, PI, phrase_mask, owner, margin, hardest):
+    """The losses with several sentences per image, pair by pair: S (B, S), PI (S, P, B), owner (S,)."""
+    agg = max if hardest else sum
+    n_images, n_sentences = S.shape
+    search = annotation = 0.0
+    for s in range(n_sentences):
+        i = int(owner[s])
+        pos = float(S[i, s])
+        search += agg([max(0.0, margin - pos + float(S[k, s])) for k in range(n_images) if k != i] or [0.0])
+        annotation += agg([max(0.0, margin - pos + float(S[i, t])) for t in range(n_sentences)
+                           if int(owner[t]) != i] or [0.0])
+    queries = [(b, p) for b in range(n_sentences) for p in range(PI.shape[1]) if phrase_mask[b, p]]
+    to_images = to_phrases = 0.0
+    for b, p in queries:
+        i = int(owner[b])
+        pos = float(PI[b, p, i])
+        to_images += agg([max(0.0, margin - pos + float(PI[b, p, k])) for k in range(n_images) if k != i] or [0.0])
+        to_phrases += agg([max(0.0, margin - pos + float(PI[c, q, i])) for c, q in queries
+                           if int(owner[c]) != i] or [0.0])
+    return (search + annotation) / n_sentences, (to_images + to_phrases) / len(queries)
+
+
+@pytest.mark.parametrize("hardest", [False, True])
+def test_several_sentences_per_image_loss_equals_naive_pairs(hardest):
+    model, inputs = tiny_model(hardest_negative=hardest, margin=0.5), batch()
+    owner = torch.tensor([0, 2, 0])  # sentences 0 and 2 describe image 0, sentence 1 image 2; image 1 has none
+    with torch.no_grad():
+        out = model(**inputs, sentence_image_index=owner)
+        identity = model(**inputs, sentence_image_index=torch.arange(3))
+        default = model(**inputs)
+    torch.testing.assert_close(identity.loss, default.loss)
+    assert out.image_sentence_similarity.shape == (3, 3) and out.phrase_image_similarity.shape == (3, 2, 3)
+    sentence, phrase = naive_shared_losses(out.image_sentence_similarity, out.phrase_image_similarity,
+                                           inputs["phrase_mask"], owner, 0.5, hardest)
+    assert out.sentence_loss.item() == pytest.approx(sentence)
+    assert out.phrase_loss.item() == pytest.approx(phrase)
+    assert abs(out.loss.item() - default.loss.item()) > 1e-6  # sentence 2's positive really moved to image 0
+
+
+def test_more_sentences_than_images_and_index_errors():
+    model, inputs = tiny_model(), batch()
+    two_images = {k: inputs[k][:2] for k in ("region_features", "region_mask", "region_boxes")}
+    text = {k: inputs[k] for k in ("input_ids", "attention_mask", "phrase_spans", "phrase_mask")}
+    out = model(**two_images, **text, sentence_image_index=torch.tensor([0, 0, 1]))
+    assert out.image_sentence_similarity.shape == (2, 3) and out.phrase_image_similarity.shape == (3, 2, 2)
+    out.loss.backward()
+    with pytest.raises(ValueError, match="sentence_image_index"):
+        model(**two_images, **text)
+    with pytest.raises(ValueError, match=r"lie in \[0, 2\)"):
+        model(**two_images, **text, sentence_image_index=torch.tensor([0, 2, 1]))
+    with pytest.raises(ValueError, match="shape"):
+        model(**two_images, **text, sentence_image_index=torch.tensor([0, 1]))
+
+
 def test_flat_switch_removes_the_phrase_term():
     model, inputs = tiny_model(hierarchical=False), batch()
     out = model(**inputs)

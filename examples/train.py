@@ -11,6 +11,10 @@ A run writes to `output_dir`: `best/` (model + processor by validation CIDEr-D, 
 `checkpoints/last/` (everything needed to resume: weights, optimizer, scheduler, RNG states, data position),
 `trainer_state.json`, `training_curve.png`, and at the end `test_metrics.json` and `test_captions.json`.
 A run that finds `checkpoints/last/` resumes from it and goes on as if it had never stopped.
+
+The loop (`train`) is shared with examples/train_retrieval.py: what is particular to a model is a *task*
+(`CaptioningTask` here) with `defaults`, `check(config)`, `build_processor`, `build_model`, `collator`,
+`prepare`, `step`, `validate` and `test`, and the name of its validation score (`metric`, higher is better).
 """
 import argparse
 import copy
@@ -89,9 +93,9 @@ def parse_value(raw):
     return value
 
 
-def load_config(path=None, overrides=()):
-    """DEFAULTS <- the YAML file <- `section.key=value` overrides."""
-    config = copy.deepcopy(DEFAULTS)
+def load_config(path=None, overrides=(), defaults=None):
+    """`defaults` (DEFAULTS: GLIED's) <- the YAML file <- `section.key=value` overrides."""
+    config = copy.deepcopy(DEFAULTS if defaults is None else defaults)
     if path:
         with open(path, encoding="utf-8") as handle:
             config = merge(config, yaml.safe_load(handle) or {})
@@ -183,32 +187,6 @@ def build_data(config, store):
     return splits
 
 
-def build_processor(config, train_data, store):
-    settings = config["processor"]
-    source = settings["path"] or config["train"]["init_from"]
-    if source:
-        return GLIEDProcessor.from_pretrained(source)
-    attribute_words = sorted({w for words in (train_data.attributes or {}).values() for w in words})
-    return GLIEDProcessor.from_captions(
-        [c for r in train_data.records for c in r["captions"]], count_threshold=settings["count_threshold"],
-        extra_words=attribute_words, region_feature_size=store.feature_size, max_regions=settings["max_regions"],
-        max_attributes=settings["max_attributes"], max_caption_length=settings["max_caption_length"],
-        region_extractor=settings["region_extractor"],
-    )
-
-
-def build_model(config, processor):
-    init_from = config["train"]["init_from"]
-    if init_from:
-        model = GLIEDForCaptioning.from_pretrained(init_from)
-    else:
-        model_config = GLIEDConfig(vocab_size=len(processor.tokenizer),
-                                   region_feature_size=processor.region_feature_size, **config["model"])
-        model = GLIEDForCaptioning(model_config)
-    processor.check_model_config(model.config)
-    return model
-
-
 def build_optimizer(model, train_cfg):
     """Adam (beta2 0.98, as in the Transformer recipe), AdamW, or plain SGD with momentum."""
     name, lr, decay = train_cfg["optimizer"], train_cfg["learning_rate"], train_cfg["weight_decay"]
@@ -223,40 +201,19 @@ def build_optimizer(model, train_cfg):
     raise ValueError(f"train.optimizer must be 'adam', 'adamw' or 'sgd', got {name!r}")
 
 
-def document_frequency(config, train_data, accelerator):
-    """CIDEr-D document frequencies of the training references, cached as safetensors (no pickle)."""
-    path = Path(config["scst"]["document_frequency"] or Path(config["output_dir"]) / "cider_df.safetensors")
-    if accelerator.is_main_process and not path.exists():
-        CiderD.from_references(list(train_data.tokenized_references().values())).save(path)
-    accelerator.wait_for_everyone()
-    return CiderD.load(path)
-
-
-def validation_cider(model, processor, val_data, config):
-    settings = config["evaluation"]
-    predictions = generate_captions(model, processor, val_data, batch_size=settings["batch_size"],
-                                    num_beams=settings["num_beams"], max_new_tokens=settings["max_new_tokens"],
-                                    description="validation")
-    references = val_data.tokenized_references()
-    ids = list(predictions)
-    score, _ = CiderD().compute_score({i: references[i] for i in ids},
-                                      {i: [" ".join(split_caption(predictions[i]))] for i in ids})
-    return float(score), predictions
-
-
-def plot_curve(history, path):
+def plot_curve(history, path, metric, metric_label):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = [h for h in history if "loss" in h]
-    evals = [h for h in history if "val_cider" in h]
+    evals = [h for h in history if metric in h]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
     left.plot([h["step"] for h in steps], [h["loss"] for h in steps], lw=1)
     left.set(xlabel="step", ylabel="training loss", title="loss")
-    right.plot([h["epoch"] for h in evals], [h["val_cider"] for h in evals], marker="o")
-    right.set(xlabel="epoch", ylabel="CIDEr-D", title="validation CIDEr-D")
+    right.plot([h["epoch"] for h in evals], [h[metric] for h in evals], marker="o")
+    right.set(xlabel="epoch", ylabel=metric_label, title=f"validation {metric_label}")
     figure.tight_layout()
     tmp = temporary_sibling(path).with_suffix(".png")
     figure.savefig(tmp, dpi=100)
@@ -265,15 +222,111 @@ def plot_curve(history, path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# the captioning task: GLIED (or Base) with cross-entropy or self-critical training
+# ---------------------------------------------------------------------------------------------------------------
+class CaptioningTask:
+    """What the loop needs to know about GLIED: its processor, model, batches, training step and scores."""
+
+    defaults = DEFAULTS
+    metric, metric_label = "val_cider", "CIDEr-D"
+    model_class = GLIEDForCaptioning
+
+    def check(self, config):
+        stage = config["train"]["stage"]
+        if stage not in ("xe", "scst"):
+            raise ValueError(f"train.stage must be 'xe' or 'scst', got {stage!r}")
+        if stage == "scst" and not config["train"]["init_from"]:
+            raise ValueError("the SCST stage starts from a cross-entropy model: set train.init_from")
+
+    def build_processor(self, config, train_data, store):
+        settings = config["processor"]
+        source = settings["path"] or config["train"]["init_from"]
+        if source:
+            return GLIEDProcessor.from_pretrained(source)
+        attribute_words = sorted({w for words in (train_data.attributes or {}).values() for w in words})
+        return GLIEDProcessor.from_captions(
+            [c for r in train_data.records for c in r["captions"]], count_threshold=settings["count_threshold"],
+            extra_words=attribute_words, region_feature_size=store.feature_size, max_regions=settings["max_regions"],
+            max_attributes=settings["max_attributes"], max_caption_length=settings["max_caption_length"],
+            region_extractor=settings["region_extractor"],
+        )
+
+    def build_model(self, config, processor):
+        init_from = config["train"]["init_from"]
+        if init_from:
+            model = GLIEDForCaptioning.from_pretrained(init_from)
+        else:
+            model_config = GLIEDConfig(vocab_size=len(processor.tokenizer),
+                                       region_feature_size=processor.region_feature_size, **config["model"])
+            model = GLIEDForCaptioning(model_config)
+        processor.check_model_config(model.config)
+        return model
+
+    def collator(self, processor, config):
+        return CaptioningCollator(processor)
+
+    def prepare(self, config, data, processor, accelerator, unwrapped):
+        """Before the first step: the CIDEr-D reward of SCST, its document frequencies cached as safetensors."""
+        self.processor, self.unwrapped, self.config, self.cider = processor, unwrapped, config, None
+        if config["train"]["stage"] != "scst":
+            return
+        path = Path(config["scst"]["document_frequency"] or Path(config["output_dir"]) / "cider_df.safetensors")
+        if accelerator.is_main_process and not path.exists():
+            CiderD.from_references(list(data["train"].tokenized_references().values())).save(path)
+        accelerator.wait_for_everyone()
+        self.cider = CiderD.load(path)
+
+    def step(self, model, batch, accelerator):
+        """One batch's loss to back-propagate and what the progress bar reports: `(loss, name, value, extra)`."""
+        inputs = model_inputs(batch)
+        if self.cider is None:
+            out = model(**inputs, decoder_input_ids=batch["decoder_input_ids"], labels=batch["labels"],
+                        caption_image_index=batch["caption_image_index"], use_cache=False)
+            # every process's mean loss weighted by its share of the global batch's words
+            local_words = (batch["labels"] != -100).sum()
+            global_words = accelerator.reduce(local_words.clone(), reduction="sum")
+            return out.loss * local_words * accelerator.num_processes / global_words, "loss", out.loss.detach(), {}
+        scst = self.config["scst"]
+        refs = [[" ".join(split_caption(c)) for c in r] for r in batch["references"]]
+        out = self_critical_loss(
+            model, inputs, refs, self.cider.reward,
+            lambda ids: [" ".join(split_caption(c)) for c in self.processor.batch_decode(ids)],
+            num_samples=scst["num_samples"], baseline=scst["baseline"], max_new_tokens=scst["max_new_tokens"],
+            unwrapped_model=self.unwrapped,
+        )
+        return out.loss, "reward", out.rewards.mean(), {"loss": out.loss.item()}
+
+    def validate(self, model, processor, val_data, config):
+        """Validation CIDEr-D of beam search (the score that picks `best/`)."""
+        settings = config["evaluation"]
+        predictions = generate_captions(model, processor, val_data, batch_size=settings["batch_size"],
+                                        num_beams=settings["num_beams"], max_new_tokens=settings["max_new_tokens"],
+                                        description="validation")
+        references = val_data.tokenized_references()
+        ids = list(predictions)
+        score, _ = CiderD().compute_score({i: references[i] for i in ids},
+                                          {i: [" ".join(split_caption(predictions[i]))] for i in ids})
+        return float(score)
+
+    def test(self, model, processor, test_data, config, output_dir):
+        """The best model on the test split, scored like the COCO caption benchmark."""
+        settings = config["evaluation"]
+        scores, predictions = evaluate_model(model, processor, test_data, metrics=settings["metrics"],
+                                             batch_size=settings["batch_size"], num_beams=settings["num_beams"],
+                                             max_new_tokens=settings["max_new_tokens"], description="test")
+        write_coco_results(predictions, output_dir / "test_captions.json")
+        return scores, "test: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in scores.items())
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------------------------
-def train(config):
-    """Run the configured stage; returns a summary dict (best validation CIDEr-D, test metrics, paths)."""
-    train_cfg, scst_cfg = config["train"], config["scst"]
-    if train_cfg["stage"] not in ("xe", "scst"):
-        raise ValueError(f"train.stage must be 'xe' or 'scst', got {train_cfg['stage']!r}")
-    if train_cfg["stage"] == "scst" and not train_cfg["init_from"]:
-        raise ValueError("the SCST stage starts from a cross-entropy model: set train.init_from")
+def train(config, task=None):
+    """Run the configured training of `task` (default: GLIED captioning); returns a summary dict (the best
+    validation score as `best_<task.metric>`, test metrics, paths)."""
+    task = task or CaptioningTask()
+    task.check(config)
+    train_cfg = config["train"]
     output_dir = Path(config["output_dir"])
     # several processes on a machine without a GPU (accelerate launch --multi_gpu / torchrun there): gloo on CPU
     cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
@@ -288,19 +341,20 @@ def train(config):
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json(output_dir / "config.yaml.json", config)
     if train_cfg["tensorboard"]:
-        accelerator.init_trackers("glied", config={k: str(v) for k, v in config.items()})
+        accelerator.init_trackers(output_dir.name, config={k: str(v) for k, v in config.items()})
 
     store = FeatureStore(config["data"]["features"])
     data = build_data(config, store)
-    processor = build_processor(config, data["train"], store)
-    model = build_model(config, processor)
+    processor = task.build_processor(config, data["train"], store)
+    model = task.build_model(config, processor)
+    stage = train_cfg.get("stage", "train")
     if accelerator.is_main_process:
-        accelerator.print(f"{train_cfg['stage']}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        accelerator.print(f"{stage}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
                           f"{len(processor.tokenizer)} words, {len(data['train'])} training images")
 
     loader = torch.utils.data.DataLoader(data["train"], batch_size=train_cfg["batch_size"],
                                          sampler=EpochShuffleSampler(len(data["train"]), config["seed"]),
-                                         collate_fn=CaptioningCollator(processor), drop_last=True,
+                                         collate_fn=task.collator(processor, config), drop_last=True,
                                          num_workers=train_cfg["num_workers"],
                                          # its own generator: starting an epoch then draws nothing from the global
                                          # RNG, so dropout after a resume is what it would have been
@@ -314,10 +368,11 @@ def train(config):
                               num_training_steps=total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     unwrapped = accelerator.unwrap_model(model)
-    cider = document_frequency(config, data["train"], accelerator) if train_cfg["stage"] == "scst" else None
+    task.prepare(config, data, processor, accelerator, unwrapped)
 
+    best_key = f"best_{task.metric}"
     checkpoint_dir = output_dir / "checkpoints" / "last"
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_cider": None, "history": []}
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, best_key: None, "history": []}
     if checkpoint_dir.exists():
         accelerator.load_state(str(checkpoint_dir))
         state = json.loads((checkpoint_dir / "trainer_state.json").read_text())
@@ -332,7 +387,7 @@ def train(config):
             replace_directory(tmp, checkpoint_dir)
         accelerator.wait_for_everyone()
 
-    progress = tqdm(total=total_steps, initial=state["global_step"], desc=train_cfg["stage"],
+    progress = tqdm(total=total_steps, initial=state["global_step"], desc=stage,
                     disable=not accelerator.is_local_main_process)
     stopped = False
     while state["epoch"] < train_cfg["epochs"] and not stopped:
@@ -342,25 +397,8 @@ def train(config):
         batches.set_epoch(state["epoch"])  # the sampler's permutation of this epoch, also after a resume
         model.train()
         for batch in batches:
-            inputs = model_inputs(batch)
             with accelerator.autocast():
-                if train_cfg["stage"] == "xe":
-                    out = model(**inputs, decoder_input_ids=batch["decoder_input_ids"], labels=batch["labels"],
-                                caption_image_index=batch["caption_image_index"], use_cache=False)
-                    # every process's mean loss weighted by its share of the global batch's words
-                    local_words = (batch["labels"] != -100).sum()
-                    global_words = accelerator.reduce(local_words.clone(), reduction="sum")
-                    loss = out.loss * local_words * accelerator.num_processes / global_words
-                    reported = out.loss.detach()
-                else:
-                    refs = [[" ".join(split_caption(c)) for c in r] for r in batch["references"]]
-                    out = self_critical_loss(
-                        model, inputs, refs, cider.reward,
-                        lambda ids: [" ".join(split_caption(c)) for c in processor.batch_decode(ids)],
-                        num_samples=scst_cfg["num_samples"], baseline=scst_cfg["baseline"],
-                        max_new_tokens=scst_cfg["max_new_tokens"], unwrapped_model=unwrapped,
-                    )
-                    loss, reported = out.loss, out.rewards.mean()
+                loss, key, reported, extra = task.step(model, batch, accelerator)
             accelerator.backward(loss)
             if train_cfg["max_grad_norm"]:
                 accelerator.clip_grad_norm_(model.parameters(), train_cfg["max_grad_norm"])
@@ -370,9 +408,8 @@ def train(config):
             state["global_step"] += 1
             state["step_in_epoch"] += 1
             value = accelerator.reduce(reported.float().clone(), reduction="mean").item()
-            key = "loss" if train_cfg["stage"] == "xe" else "reward"
             state["history"].append({"step": state["global_step"], key: value, "lr": scheduler.get_last_lr()[0],
-                                     **({"loss": out.loss.item()} if key == "reward" else {})})
+                                     **extra})
             progress.update(1)
             progress.set_postfix({key: f"{value:.3f}"})
             if train_cfg["tensorboard"]:
@@ -388,13 +425,14 @@ def train(config):
         state["epoch"] += 1
         state["step_in_epoch"] = 0
         if accelerator.is_main_process:
-            score, _ = validation_cider(unwrapped, processor, data["val"], config)
-            state["history"].append({"epoch": state["epoch"], "val_cider": score})
-            accelerator.print(f"epoch {state['epoch']}: validation CIDEr-D {score:.3f}")
-            if state["best_val_cider"] is None or score > state["best_val_cider"]:
-                state["best_val_cider"] = score
+            unwrapped.eval()
+            score = task.validate(unwrapped, processor, data["val"], config)
+            state["history"].append({"epoch": state["epoch"], task.metric: score})
+            accelerator.print(f"epoch {state['epoch']}: validation {task.metric_label} {score:.3f}")
+            if state[best_key] is None or score > state[best_key]:
+                state[best_key] = score
                 save_model(unwrapped, processor, output_dir / "best")
-            plot_curve(state["history"], output_dir / "training_curve.png")
+            plot_curve(state["history"], output_dir / "training_curve.png", task.metric, task.metric_label)
         state = broadcast_object_list([state])[0]  # the main process's validation result, on every process
         save_checkpoint()
     progress.close()
@@ -402,38 +440,31 @@ def train(config):
     digests = gather_object([weights_digest(unwrapped)])
     if len(set(digests)) != 1:
         raise RuntimeError(f"the processes ended with different weights: {digests}")
-    summary = {"stage": train_cfg["stage"], "global_step": state["global_step"], "epochs": state["epoch"],
-               "best_val_cider": state["best_val_cider"], "weights_sha256": digests[0],
+    summary = {"stage": stage, "global_step": state["global_step"], "epochs": state["epoch"],
+               best_key: state[best_key], "weights_sha256": digests[0],
                "num_processes": accelerator.num_processes, "output_dir": str(output_dir)}
     if accelerator.is_main_process:
         if not stopped:
-            summary.update(final_test(config, output_dir, processor, data["test"], accelerator))
+            start = time.perf_counter()
+            best = task.model_class.from_pretrained(output_dir / "best").to(accelerator.device).eval()
+            scores, line = task.test(best, processor, data["test"], config, output_dir)
+            write_json(output_dir / "test_metrics.json", scores)
+            accelerator.print(line)
+            summary.update(test_metrics=scores, test_seconds=time.perf_counter() - start)
         write_json(output_dir / "summary.json", summary)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
 
 
-def final_test(config, output_dir, processor, test_data, accelerator):
-    """The best model on the test split, scored like the COCO caption benchmark."""
-    best = GLIEDForCaptioning.from_pretrained(output_dir / "best").to(accelerator.device)
-    settings = config["evaluation"]
-    start = time.perf_counter()
-    scores, predictions = evaluate_model(best, processor, test_data, metrics=settings["metrics"],
-                                         batch_size=settings["batch_size"], num_beams=settings["num_beams"],
-                                         max_new_tokens=settings["max_new_tokens"], description="test")
-    write_json(output_dir / "test_metrics.json", scores)
-    write_coco_results(predictions, output_dir / "test_captions.json")
-    accelerator.print("test: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in scores.items()))
-    return {"test_metrics": scores, "test_seconds": time.perf_counter() - start}
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, task=None):
+    task = task or CaptioningTask()
+    parser = argparse.ArgumentParser(description=sys.modules[type(task).__module__].__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (see examples/configs/)")
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="override config values")
     args = parser.parse_args(argv)
-    summary = train(load_config(args.config, args.set))
+    summary = train(load_config(args.config, args.set, task.defaults), task)
     if summary.get("test_metrics"):
         print(json.dumps(summary["test_metrics"], indent=2))
     return summary

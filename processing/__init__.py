@@ -1,11 +1,12 @@
 """Everything between the world and the GLIED model: tokenizer, processor, feature readers, data sets, pipeline.
 
-Importing the package registers the tokenizer and processor with `AutoTokenizer` and `AutoProcessor`, and the
-captioning pipeline under the "image-to-text" task of `transformers.pipeline`.
+Importing the package registers the tokenizer and the processors (GLIED, HM-LSTM) with `AutoTokenizer` and
+`AutoProcessor`, and the captioning pipeline under the "image-to-text" task of `transformers.pipeline`.
 """
 from .pipeline_glied import GLIEDImageToTextPipeline, register_pipeline
 from .image_regions import PIXEL_FEATURE_SIZE, RegionFeatureExtractor, attribute_candidates
 from .processing_glied import GLIEDProcessor, register_auto_classes
+from .processing_hmlstm import HMLSTMProcessor, register_hmlstm_auto_classes
 from .tokenization_glied import (
     SPECIAL_TOKENS,
     GLIEDTokenizer,
@@ -16,6 +17,7 @@ from .tokenization_glied import (
 )
 
 register_auto_classes()
+register_hmlstm_auto_classes()
 register_pipeline()
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "GLIEDImageToTextPipeline",
     "GLIEDProcessor",
     "GLIEDTokenizer",
+    "HMLSTMProcessor",
     "build_vocabulary",
     "caption_normalizer",
     "count_words",

@@ -30,6 +30,19 @@ Boxes are pixel xyxy floats with exclusive right / bottom edges (PIL's `getbbox`
 column, x2 = last column + 1, so (x2 - x1) is the width in pixels and dividing by the image size gives the
 [0, 1] boxes of the model.
 
+Phrase grounding annotations (the format of `processing.retrieval_evaluation`, modelled on Flickr30K Entities):
+`write_karpathy_json` gives every sentence a ``"phrases"`` list, one entry per noun phrase that names objects by
+colour and shape, ``[a|an|the|one|two|three] [single] [small|large] colour shape(s)`` ("a small red circle",
+"two blue squares"): ``{"first_word_index": index of its first word in split_caption(raw), "phrase": its words,
+"boxes": [[x1, y1, x2, y2], ...] pixel boxes of the objects it names, "ambiguous": bool}``. The objects come from
+the words and the scene alone (`phrase_groundings`): those matching the phrase's size (when given), colour and
+shape. A plural phrase names all of them (its count must agree, else it is left out); a singular phrase that
+fits several objects (two objects of the same size, colour and shape) lists every candidate and is marked
+``"ambiguous": true`` (each candidate makes the phrase true, so grounding on any of them is right). Phrases
+without a colour or a shape word ("three shapes", "two red objects", "two circles") name no single kind of
+object and are not annotated. `quickstart_phrase_queries` turns the objects of a split into phrase-level
+retrieval queries ("a red circle" -> the images holding one).
+
 Timing: `python -m processing.quickstart_data --out_dir data/quickstart` generates and writes the default
 data set and prints how long each step took.
 """
@@ -57,7 +70,9 @@ __all__ = [
     "SIZES",
     "attribute_vocabulary",
     "generate_scenes",
+    "phrase_groundings",
     "position_phrase",
+    "quickstart_phrase_queries",
     "spatial_relation",
     "write_karpathy_json",
 ]
@@ -555,9 +570,10 @@ def write_karpathy_json(scenes, out_dir):
     """Write the images as PNG files under out_dir/<split>/ and the annotations in the Karpathy format.
 
     Files: out_dir/dataset_quickstart.json ({"images": [{"filepath", "filename", "imgid", "cocoid", "split",
-    "sentids", "sentences": [{"raw", "tokens", "imgid", "sentid"}], plus "image_id", "width", "height",
+    "sentids", "sentences": [{"raw", "tokens", "imgid", "sentid", "phrases"}], plus "image_id", "width", "height",
     "boxes", "objects", "novel"}], "dataset": "quickstart"}; an image's path is out_dir/filepath/filename) and
-    out_dir/attributes.json ({image_id: [words]}; image_id is the file name without ".png").
+    out_dir/attributes.json ({image_id: [words]}; image_id is the file name without ".png"). "phrases" are the
+    sentence's grounding annotations (`phrase_groundings`, see the module docstring).
     Returns {"dataset_json": Path, "attributes_json": Path, "image_root": Path}.
     """
     if not isinstance(scenes, dict) or not scenes:
@@ -595,7 +611,9 @@ def write_karpathy_json(scenes, out_dir):
                     width, height = written.size
             sentences = []
             for raw in record["captions"]:
-                sentences.append({"raw": raw, "tokens": split_caption(raw), "imgid": imgid, "sentid": sentid})
+                tokens = split_caption(raw)
+                sentences.append({"raw": raw, "tokens": tokens, "imgid": imgid, "sentid": sentid,
+                                  "phrases": phrase_groundings(tokens, record["objects"], record["boxes"])})
                 sentid += 1
             images.append({
                 "filepath": split,
@@ -619,6 +637,144 @@ def write_karpathy_json(scenes, out_dir):
     dataset_json.write_text(json.dumps({"images": images, "dataset": "quickstart"}), encoding="utf-8")
     attributes_json.write_text(json.dumps(attributes), encoding="utf-8")
     return {"dataset_json": dataset_json, "attributes_json": attributes_json, "image_root": out_dir}
+
+
+# ------------------------------------------------------------------------------------- phrase annotations
+
+_COUNT_WORDS = {"a": 1, "an": 1, "the": 1, "one": 1, "two": 2, "three": 3}
+_SHAPE_OF_PLURAL = {plural: shape for shape, plural in PLURALS.items()}
+
+
+def _parse_object_phrase(tokens, start):
+    """`(end, count or None, plural, size, colour, shape)` of an object phrase starting at tokens[start], or None.
+
+    Grammar: `[a|an|the|one|two|three] [single (after a/an)] [small|large] colour shape(s)`.
+    """
+    j, count = start, None
+    if tokens[j] in _COUNT_WORDS:
+        count, j = _COUNT_WORDS[tokens[j]], j + 1
+        if tokens[start] in ("a", "an") and j < len(tokens) and tokens[j] == "single":
+            j += 1
+    size = None
+    if j < len(tokens) and tokens[j] in SIZES:
+        size, j = tokens[j], j + 1
+    if j >= len(tokens) or tokens[j] not in COLOURS:
+        return None
+    colour, j = tokens[j], j + 1
+    if j >= len(tokens):
+        return None
+    noun = tokens[j]
+    if noun in SHAPES:
+        plural, shape = False, noun
+    elif noun in _SHAPE_OF_PLURAL:
+        plural, shape = True, _SHAPE_OF_PLURAL[noun]
+    else:
+        return None
+    if count is not None and (count > 1) != plural:
+        return None  # "a red circles", "two red circle": not a phrase of the grammar
+    return j + 1, count, plural, size, colour, shape
+
+
+def phrase_groundings(tokens, objects, boxes):
+    """Grounding annotations of one caption: the noun phrases that name objects by colour and shape.
+
+    Args:
+        tokens: the caption's words (`split_caption(raw)`).
+        objects: the scene's objects, [{"colour", "size", "shape"}]; boxes: their pixel boxes (n, 4), aligned.
+
+    Returns:
+        [{"first_word_index", "phrase", "boxes", "ambiguous"}] in text order (see the module docstring). A phrase
+        is matched to the objects of its size (when it names one), colour and shape; plural phrases take all of
+        them and are left out when their count disagrees; a singular phrase matching several objects lists them
+        all with "ambiguous": True; a phrase matching none is left out.
+    """
+    tokens = list(tokens)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if len(boxes) != len(objects):
+        raise ValueError(f"{len(objects)} objects but {len(boxes)} boxes: they must be aligned")
+    annotations, i = [], 0
+    while i < len(tokens):
+        parsed = _parse_object_phrase(tokens, i)
+        if parsed is None:
+            i += 1
+            continue
+        end, count, plural, size, colour, shape = parsed
+        found = [k for k, o in enumerate(objects)
+                 if o["colour"] == colour and o["shape"] == shape and size in (None, o["size"])]
+        consistent = bool(found) and (not plural or count is None or len(found) == count)
+        if consistent:
+            annotations.append({
+                "first_word_index": i,
+                "phrase": " ".join(tokens[i:end]),
+                "boxes": [[float(v) for v in boxes[k]] for k in found],
+                "ambiguous": not plural and len(found) > 1,
+            })
+        i = end
+    return annotations
+
+
+def _object_records(source, split):
+    """(records of `split`, pairs seen in train or None) from a dataset JSON path, a generate_scenes dict or a
+    list of records; a record needs "image_id" and "objects" ("split" to be filtered)."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"quick-start dataset JSON {path} does not exist")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+            raise ValueError(f"{path} is not a Karpathy-style JSON with an 'images' list")
+        records = data["images"]
+    elif isinstance(source, dict):
+        records = [record for split_records in source.values() for record in split_records]
+    elif isinstance(source, (list, tuple)):
+        records = list(source)
+    else:
+        raise ValueError(f"expected a dataset JSON path, a generate_scenes dict or a list of records, got "
+                         f"{type(source).__name__}")
+    for record in records:
+        if not isinstance(record, dict) or "image_id" not in record or "objects" not in record:
+            raise ValueError("every quick-start record needs 'image_id' and 'objects' (a generated JSON or "
+                             "generate_scenes output)")
+    train = [r for r in records if r.get("split") == "train"]
+    seen = {(o["colour"], o["shape"]) for r in train for o in r["objects"]} if train else None
+    if any("split" in r for r in records):
+        records = [r for r in records if r.get("split") == split]
+    return records, seen
+
+
+def quickstart_phrase_queries(source, split="test", held_out_pairs=HELD_OUT_PAIRS, sizes=True):
+    """Phrase-level retrieval queries over the images of `split`: one per (colour, shape) pair present.
+
+    Args:
+        source: the generated dataset JSON (path), the dict of `generate_scenes`, or a list of records.
+        split: the split whose images are ranked.
+        held_out_pairs: the pairs that are novel when `source` holds no train images; with train images, a
+            pair is novel when no train image holds it (never seen in training, what "novel" means).
+        sizes: also one query per (size, colour, shape) triple present ("a small red circle").
+
+    Returns:
+        [{"query": "a red circle", "relevant": [image ids holding such an object, in split order], "colour",
+        "shape", "size" (None or "small"/"large"), "novel": bool}], pairs in COLOURS x SHAPES order, the
+        size-free query of a pair first. Raises ValueError when the split has no image.
+    """
+    records, seen = _object_records(source, split)
+    if not records:
+        raise ValueError(f"no image of split {split!r} to build phrase queries on")
+    held_out = {tuple(pair) for pair in held_out_pairs}
+    queries = []
+    for colour in COLOURS:
+        for shape in SHAPES:
+            novel = (colour, shape) not in seen if seen is not None else (colour, shape) in held_out
+            for size in (None, *SIZES) if sizes else (None,):
+                relevant = [str(r["image_id"]) for r in records
+                            if any(o["colour"] == colour and o["shape"] == shape and size in (None, o["size"])
+                                   for o in r["objects"])]
+                if not relevant:
+                    continue
+                words = " ".join(([size] if size else []) + [colour, shape])
+                queries.append({"query": f"{_article(words)} {words}", "relevant": relevant, "colour": colour,
+                                "shape": shape, "size": size, "novel": novel})
+    return queries
 
 
 QUICKSTART_EXTRACTOR = {"detector": "components", "backbone": "pixels", "max_regions": 8}

@@ -13,6 +13,8 @@ from processing.quickstart_data import (
     SHAPES,
     SIZES,
     generate_scenes,
+    phrase_groundings,
+    quickstart_phrase_queries,
     write_karpathy_json,
 )
 from processing.tokenization_glied import split_caption as caption_tokens
@@ -435,3 +437,91 @@ def test_other_image_sizes(image_size):
         assert record["boxes"].min() >= 0 and record["boxes"].max() <= image_size
         for caption in record["captions"]:
             check_caption(caption, record, image_size)
+
+
+# ------------------------------------------------------------------------------------- phrase annotations
+
+
+def test_phrase_groundings_hand_made_scene():
+    objects = [{"colour": "red", "size": "small", "shape": "circle"},
+               {"colour": "blue", "size": "large", "shape": "square"},
+               {"colour": "red", "size": "large", "shape": "circle"}]
+    boxes = np.array([[1, 2, 15, 16], [30, 30, 55, 55], [60, 5, 85, 30]], dtype=np.float32)
+    found = phrase_groundings(caption_tokens("There is a small red circle left of a blue square."), objects, boxes)
+    assert found == [
+        {"first_word_index": 2, "phrase": "a small red circle", "boxes": [[1.0, 2.0, 15.0, 16.0]], "ambiguous": False},
+        {"first_word_index": 8, "phrase": "a blue square", "boxes": [[30.0, 30.0, 55.0, 55.0]], "ambiguous": False},
+    ]
+    # plural: every matching object; singular fitting two objects: both, marked ambiguous
+    found = phrase_groundings(caption_tokens("Two red circles and a red circle"), objects, boxes)
+    assert [(f["first_word_index"], f["phrase"], f["ambiguous"]) for f in found] == [
+        (0, "two red circles", False), (4, "a red circle", True)]
+    assert found[0]["boxes"] == found[1]["boxes"] == [[1.0, 2.0, 15.0, 16.0], [60.0, 5.0, 85.0, 30.0]]
+    # wrong count, absent objects and phrases without colour or shape are not annotated
+    for text in ("three red circles", "a green star", "two shapes", "a red shape", "a large blue"):
+        assert phrase_groundings(caption_tokens(text), objects, boxes) == [], text
+    assert phrase_groundings(["a", "single", "large", "red", "circle"], objects, boxes)[0]["boxes"] == [
+        [60.0, 5.0, 85.0, 30.0]]
+
+
+def test_phrase_groundings_agree_with_the_caption_reading(scenes):
+    # every "(count) (size) colour shape(s)" phrase of the test's own parser is annotated, with exactly the boxes
+    # of the objects it names
+    ambiguous = 0
+    for record in all_records(scenes):
+        for caption in record["captions"]:
+            tokens = caption_tokens(caption)
+            phrases, _ = parse(tokens)
+            named = [p for p in phrases if p["colour"] is not None and p["shape"] is not None]
+            found = phrase_groundings(tokens, record["objects"], record["boxes"])
+            assert len(found) == len(named), caption
+            for phrase, entry in zip(named, found):
+                words = entry["phrase"].split()
+                assert tokens[entry["first_word_index"]:entry["first_word_index"] + len(words)] == words
+                assert words[-1] in (phrase["shape"], plural(phrase["shape"])) and phrase["colour"] in words
+                objects = [k for k, obj in enumerate(record["objects"]) if matches(phrase, obj)]
+                assert entry["boxes"] == record["boxes"][objects].tolist(), caption
+                assert entry["ambiguous"] == (phrase["count"] == 1 and len(objects) > 1)
+                ambiguous += entry["ambiguous"]
+    assert ambiguous > 0
+
+
+def test_written_json_carries_the_phrase_annotations(tmp_path, scenes):
+    small = {split: records[:5] for split, records in scenes.items()}
+    paths = write_karpathy_json(small, tmp_path)
+    data = json.loads(paths["dataset_json"].read_text(encoding="utf-8"))
+    records = [r for s in small.values() for r in s]
+    for entry, record in zip(data["images"], records):
+        for sentence in entry["sentences"]:
+            assert sentence["phrases"] == phrase_groundings(sentence["tokens"], record["objects"], record["boxes"])
+            assert sentence["phrases"]  # every quick-start caption names at least one object
+            for phrase in sentence["phrases"]:
+                for box in phrase["boxes"]:
+                    assert box in entry["boxes"]
+
+
+def test_quickstart_phrase_queries(tmp_path, scenes):
+    queries = quickstart_phrase_queries(scenes, split="test")
+    test = scenes["test"]
+    present = {(o["colour"], o["shape"]) for r in test for o in r["objects"]}
+    plain = [q for q in queries if q["size"] is None]
+    assert {(q["colour"], q["shape"]) for q in plain} == present and len(plain) == len(present)
+    seen = {(o["colour"], o["shape"]) for r in scenes["train"] for o in r["objects"]}
+    for query in queries:
+        words = [query["size"]] if query["size"] else []
+        assert query["query"].split()[1:] == words + [query["colour"], query["shape"]]
+        expected = [r["image_id"] for r in test if any(
+            (o["colour"], o["shape"]) == (query["colour"], query["shape"]) and query["size"] in (None, o["size"])
+            for o in r["objects"])]
+        assert query["relevant"] == expected and expected
+        assert query["novel"] == ((query["colour"], query["shape"]) not in seen)
+    assert {(q["colour"], q["shape"]) for q in queries if q["novel"]} == set(HELD_OUT_PAIRS)
+    assert any(q["size"] == "small" for q in queries) and any(q["size"] == "large" for q in queries)
+    assert quickstart_phrase_queries(scenes, split="test", sizes=False) == plain
+    # from the written JSON: the same queries; from test records alone: novel = the held-out pairs
+    paths = write_karpathy_json(scenes, tmp_path)
+    assert quickstart_phrase_queries(paths["dataset_json"], split="test") == queries
+    alone = quickstart_phrase_queries(test, split="test")
+    assert all(q["novel"] == ((q["colour"], q["shape"]) in set(HELD_OUT_PAIRS)) for q in alone)
+    with pytest.raises(ValueError, match="no image of split"):
+        quickstart_phrase_queries(scenes, split="nothing")

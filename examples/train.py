@@ -222,14 +222,50 @@ def plot_curve(history, path, metric, metric_label):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# tasks: what the loop needs to know about a model
+# ---------------------------------------------------------------------------------------------------------------
+class Task:
+    """A model's processor and model classes and how to build them; subclasses add batches, step and scores."""
+
+    config_class = model_class = processor_class = None
+
+    def processor_extras(self, train_data):
+        """Processor arguments that come from the data rather than the config."""
+        return {}
+
+    def build_processor(self, config, train_data, store):
+        """The `processor.path` (or `train.init_from`) processor, else one with a vocabulary of the training captions
+        and the other `processor` settings of the config."""
+        settings = dict(config["processor"])
+        source = settings.pop("path") or config["train"]["init_from"]
+        if source:
+            return self.processor_class.from_pretrained(source)
+        return self.processor_class.from_captions(
+            [c for r in train_data.records for c in r["captions"]], region_feature_size=store.feature_size,
+            **settings, **self.processor_extras(train_data))
+
+    def build_model(self, config, processor):
+        """`train.init_from`'s model, else a new one of the `model` settings sized for the processor."""
+        init_from = config["train"]["init_from"]
+        if init_from:
+            model = self.model_class.from_pretrained(init_from)
+        else:
+            model = self.model_class(self.config_class(
+                vocab_size=len(processor.tokenizer), region_feature_size=processor.region_feature_size,
+                pad_token_id=processor.tokenizer.pad_token_id, **config["model"]))
+        processor.check_model_config(model.config)
+        return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # the captioning task: GLIED (or Base) with cross-entropy or self-critical training
 # ---------------------------------------------------------------------------------------------------------------
-class CaptioningTask:
+class CaptioningTask(Task):
     """What the loop needs to know about GLIED: its processor, model, batches, training step and scores."""
 
     defaults = DEFAULTS
     metric, metric_label = "val_cider", "CIDEr-D"
-    model_class = GLIEDForCaptioning
+    config_class, model_class, processor_class = GLIEDConfig, GLIEDForCaptioning, GLIEDProcessor
 
     def check(self, config):
         stage = config["train"]["stage"]
@@ -238,29 +274,9 @@ class CaptioningTask:
         if stage == "scst" and not config["train"]["init_from"]:
             raise ValueError("the SCST stage starts from a cross-entropy model: set train.init_from")
 
-    def build_processor(self, config, train_data, store):
-        settings = config["processor"]
-        source = settings["path"] or config["train"]["init_from"]
-        if source:
-            return GLIEDProcessor.from_pretrained(source)
-        attribute_words = sorted({w for words in (train_data.attributes or {}).values() for w in words})
-        return GLIEDProcessor.from_captions(
-            [c for r in train_data.records for c in r["captions"]], count_threshold=settings["count_threshold"],
-            extra_words=attribute_words, region_feature_size=store.feature_size, max_regions=settings["max_regions"],
-            max_attributes=settings["max_attributes"], max_caption_length=settings["max_caption_length"],
-            region_extractor=settings["region_extractor"],
-        )
-
-    def build_model(self, config, processor):
-        init_from = config["train"]["init_from"]
-        if init_from:
-            model = GLIEDForCaptioning.from_pretrained(init_from)
-        else:
-            model_config = GLIEDConfig(vocab_size=len(processor.tokenizer),
-                                       region_feature_size=processor.region_feature_size, **config["model"])
-            model = GLIEDForCaptioning(model_config)
-        processor.check_model_config(model.config)
-        return model
+    def processor_extras(self, train_data):
+        """The attribute detector's words join the vocabulary."""
+        return {"extra_words": sorted({w for words in (train_data.attributes or {}).values() for w in words})}
 
     def collator(self, processor, config):
         return CaptioningCollator(processor)

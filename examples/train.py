@@ -30,7 +30,13 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    broadcast_object_list,
+    gather_object,
+    set_seed,
+)
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -228,6 +234,8 @@ class Task:
     """A model's processor and model classes and how to build them; subclasses add batches, step and scores."""
 
     config_class = model_class = processor_class = None
+    # DistributedDataParallel: True when a batch may leave parameters without a gradient
+    find_unused_parameters = False
 
     def processor_extras(self, train_data):
         """Processor arguments that come from the data rather than the config."""
@@ -347,6 +355,8 @@ def train(config, task=None):
     # several processes on a machine without a GPU (accelerate launch --multi_gpu / torchrun there): gloo on CPU
     cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(cpu=cpu_processes, dataloader_config=DataLoaderConfiguration(split_batches=True),
+                              kwargs_handlers=[DistributedDataParallelKwargs(
+                                  find_unused_parameters=task.find_unused_parameters)],
                               mixed_precision=train_cfg["mixed_precision"],
                               log_with="tensorboard" if train_cfg["tensorboard"] else None, project_dir=output_dir)
     if train_cfg["batch_size"] % accelerator.num_processes:

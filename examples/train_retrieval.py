@@ -51,6 +51,7 @@ class RetrievalTask(Task):
 
     defaults = DEFAULTS
     metric, metric_label = "val_rsum", "R-sum"
+    find_unused_parameters = True  # a process's share of a batch may hold no phrase: the phrase LSTM rests
     config_class, model_class, processor_class = HMLSTMConfig, HMLSTMModel, HMLSTMProcessor
 
     def check(self, config):

@@ -23,13 +23,16 @@ def data(tmp_path_factory):
                                    progress=False)
 
 
-def run(data, output_dir, *extra):
+def run(data, output_dir, *extra, processes=1):
     args = [f"output_dir={output_dir}", f"data.captions={data['dataset_json']}", f"data.features={data['features']}",
             "train.epochs=2", "train.batch_size=10", "train.warmup_steps=1", "model.word_embedding_size=16",
             "model.hidden_size=32", "model.embedding_size=32", "evaluation.batch_size=8", "evaluation.grounding=true",
             *extra]
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "train_retrieval.py"), "--config", str(CONFIG),
-                             "--set", *args], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    launch = [] if processes == 1 else ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                                        str(processes), "--num_machines", "1", "--mixed_precision", "no",
+                                        "--dynamo_backend", "no"]
+    result = subprocess.run([sys.executable, *launch, str(ROOT / "examples" / "train_retrieval.py"), "--config",
+                             str(CONFIG), "--set", *args], capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
@@ -84,6 +87,13 @@ def test_hierarchical_run_resumes_exactly_and_reports_retrieval_grounding_and_ph
     again = json.loads((tmp_path / "evaluation.json").read_text())
     assert again["retrieval"]["full"]["rsum"] == pytest.approx(full["rsum"], abs=1e-6)
     assert "Image-sentence retrieval" in evaluation.stdout
+
+
+def test_two_processes_train_one_model(data, tmp_path):
+    run(data, tmp_path / "two", "evaluation.grounding=false", processes=2)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["global_step"] == 8  # 40 images / 10 a step x 2 epochs
+    assert summary["test_metrics"]["retrieval"]["sentences"] == 50  # the main process tests the whole split
 
 
 def test_flat_baseline_run(data, tmp_path):

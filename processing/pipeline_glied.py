@@ -22,6 +22,13 @@ What happens to one input:
 3. `GLIEDProcessor` builds the model tensors; `model.generate` (options passed through: `num_beams`,
    `max_new_tokens`, `num_return_sequences`, `do_sample`, ... or `generate_kwargs={...}`; the model's
    `generation_config` gives the rest); `processor.batch_decode` gives the captions.
+4. Optionally, a retrieval model re-ranks the beam candidates (`processing/reranking.py`):
+   `pipeline(..., reranker=<BeamReranker or HM-LSTM folder or repo id>, rerank_candidates=K,
+   rerank_beam_weight=w)` (the last two, and `reranker`, also at each call; `reranker=False` turns it off for a
+   call): beam search returns its K best captions with their length-normalised log-probabilities, and the caption
+   maximising `cos(image, caption) + w * beam_score` under the HM-LSTM is the `generated_text`.
+   `return_candidates=True` adds `"candidates"`: every candidate, best beam first, with its `"beam_score"`,
+   `"similarity"` and `"score"` (None for a caption without a word).
 
 Precomputed features: a dict with `"region_features"` (N, F), and optionally `"region_boxes"` (N, 4, normalised
 x1 y1 x2 y2) and `"attributes"` (list of words). The extractor's own output dicts (with `"labels"`, `"scores"`,
@@ -41,6 +48,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -49,6 +57,7 @@ from transformers import GenerationConfig, Pipeline
 
 from .image_regions import RegionFeatureExtractor, attribute_candidates
 from .processing_glied import GLIEDProcessor
+from .reranking import _finite_number, _positive_int, load_reranker
 from .tokenization_glied import SPECIAL_TOKENS
 
 TASK = "image-to-text"
@@ -83,10 +92,14 @@ class GLIEDImageToTextPipeline(Pipeline):
         attribute_detector (`GLIEDAttributeDetector`, folder or repo id, *optional*): adds its words to the
             attribute words of raw images (default: the model config's `attribute_detector`, if any).
         attribute_top_k (`int`, defaults to 20), attribute_threshold (`float`, *optional*): which detector words.
-        Generation options (`num_beams`, `max_new_tokens`, ..., or `generate_kwargs`) and `return_token_ids`
-        (add `"generated_token_ids"` to every result) may be given here or at each call.
+        reranker (`BeamReranker`, HM-LSTM folder or repo id, *optional*): re-ranks the beam candidates (step 4 of
+            the module docstring); it must read the same region features as the captioner.
+        Generation options (`num_beams`, `max_new_tokens`, ..., or `generate_kwargs`), `return_token_ids`
+        (add `"generated_token_ids"` to every result) and, with a reranker, `rerank_candidates`,
+        `rerank_beam_weight` and `return_candidates` may be given here or at each call.
 
-    Returns, per input, one dict per returned sequence: `{"generated_text": caption}`.
+    Returns, per input, one dict per returned sequence: `{"generated_text": caption}` (with a reranker, one dict:
+    the chosen caption).
     """
 
     # None: loaded when the model folder has them, no error otherwise. The GLIED processor is checked in __init__
@@ -102,7 +115,8 @@ class GLIEDImageToTextPipeline(Pipeline):
         return super().__new__(cls)
 
     def __init__(self, model, *args, region_extractor=None, attribute_detector=None, attribute_top_k=20,
-                 attribute_threshold=None, **kwargs):
+                 attribute_threshold=None, reranker=None, **kwargs):
+        self._rerankers = {}  # folders / repo ids given at a call -> their loaded BeamReranker
         super().__init__(model, *args, **kwargs)
         # a folder without processor files still loads a default GLIEDProcessor, whose vocabulary is empty
         if not isinstance(self.processor, GLIEDProcessor) or len(self.processor.tokenizer) <= len(SPECIAL_TOKENS):
@@ -131,24 +145,35 @@ class GLIEDImageToTextPipeline(Pipeline):
             raise ValueError(f"attribute_top_k must be a positive integer, got {attribute_top_k!r}")
         self.attribute_top_k = attribute_top_k
         self.attribute_threshold = attribute_threshold
+        self.reranker = self._load_reranker(reranker) if reranker not in (None, False) else None
 
     # -- parameters ---------------------------------------------------------------------------------------------
-    def _sanitize_parameters(self, return_token_ids=None, generate_kwargs=None, **kwargs):
-        """Generation options become forward parameters, one key each (so options given at a call add to, rather than
-        replace, those given when the pipeline was built); anything else is an error that names it."""
+    def _sanitize_parameters(self, return_token_ids=None, generate_kwargs=None, reranker=None, rerank_candidates=None,
+                             rerank_beam_weight=None, return_candidates=None, **kwargs):
+        """Generation options and the reranking options become forward parameters, one key each (so options given
+        at a call add to, rather than replace, those given when the pipeline was built); anything else is an error
+        that names it."""
         known = _generation_parameters()
         options = dict(generate_kwargs or {})
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise ValueError(
                 f"unknown option(s) {unknown} for the GLIED image-to-text pipeline: it takes generation options "
-                f"(e.g. num_beams, max_new_tokens, num_return_sequences, do_sample), generate_kwargs={{...}} and "
-                f"return_token_ids"
+                f"(e.g. num_beams, max_new_tokens, num_return_sequences, do_sample), generate_kwargs={{...}}, "
+                f"return_token_ids, and reranker, rerank_candidates, rerank_beam_weight, return_candidates"
             )
         options.update(kwargs)
         if options.get("return_dict_in_generate"):
             raise ValueError("return_dict_in_generate is not supported by the pipeline: call model.generate for scores")
+        if reranker is not None:
+            options["reranker"] = False if reranker is False else self._load_reranker(reranker)
+        if rerank_candidates is not None:
+            options["rerank_candidates"] = _positive_int(rerank_candidates, "rerank_candidates")
+        if rerank_beam_weight is not None:
+            options["rerank_beam_weight"] = _finite_number(rerank_beam_weight, "rerank_beam_weight")
         postprocess_params = {} if return_token_ids is None else {"return_token_ids": bool(return_token_ids)}
+        if return_candidates is not None:
+            postprocess_params["return_candidates"] = bool(return_candidates)
         return {}, options, postprocess_params
 
     def __call__(self, inputs=None, **kwargs):
@@ -161,6 +186,17 @@ class GLIEDImageToTextPipeline(Pipeline):
         if isinstance(inputs, list) and not inputs:
             return []
         return super().__call__(inputs, **kwargs)
+
+    def _load_reranker(self, reranker):
+        """A `BeamReranker` (checked against the captioner's region features) from itself, a folder or a repo id."""
+        if isinstance(reranker, str) or hasattr(reranker, "__fspath__"):
+            key = str(reranker)
+            if key not in self._rerankers:
+                self._rerankers[key] = load_reranker(reranker, device=self._extractor_device())
+            reranker = self._rerankers[key]
+        reranker = load_reranker(reranker)
+        reranker.check_captioner(self.processor)
+        return reranker
 
     # -- regions and attribute words ----------------------------------------------------------------------------
     def _extractor_device(self):
@@ -263,17 +299,44 @@ class GLIEDImageToTextPipeline(Pipeline):
 
     def _forward(self, model_inputs, **generate_kwargs):
         batch = model_inputs["region_features"].shape[0]
-        ids = self.model.generate(**model_inputs, **generate_kwargs)
-        # (images x sequences, T) -> (images, sequences, T), so that transformers splits the batch per image
-        return {"generated_ids": ids.reshape(batch, ids.shape[0] // batch, ids.shape[-1])}
+        at_call = generate_kwargs.pop("reranker", None)
+        reranker = self.reranker if at_call is None else (at_call or None)  # False: off for this call
+        rerank = {"num_candidates": generate_kwargs.pop("rerank_candidates", None),
+                  "beam_weight": generate_kwargs.pop("rerank_beam_weight", None)}
+        if reranker is None:
+            orphans = [name for name, value in zip(("rerank_candidates", "rerank_beam_weight"), rerank.values())
+                       if value is not None and at_call is not False]
+            if orphans:
+                raise ValueError(f"{orphans} need a reranker: pipeline(..., reranker=<BeamReranker or HM-LSTM folder>)")
+            ids = self.model.generate(**model_inputs, **generate_kwargs)
+            # (images x sequences, T) -> (images, sequences, T), so that transformers splits the batch per image
+            return {"generated_ids": ids.reshape(batch, ids.shape[0] // batch, ids.shape[-1])}
+        reranked = reranker.generate(self.model, self.processor, model_inputs, **rerank, **generate_kwargs)
+        return {"generated_ids": reranked.sequences, "beam_scores": reranked.beam_scores,
+                "similarities": reranked.similarities, "rerank_scores": reranked.scores, "best": reranked.best}
 
-    def postprocess(self, model_outputs, return_token_ids=False):
+    def postprocess(self, model_outputs, return_token_ids=False, return_candidates=False):
         sequences = model_outputs["generated_ids"][0]
         captions = self.processor.batch_decode(sequences, skip_special_tokens=True)
-        records = [{"generated_text": caption} for caption in captions]
+        if "best" not in model_outputs:
+            if return_candidates:
+                raise ValueError("return_candidates needs a reranker: pipeline(..., reranker=<BeamReranker or "
+                                 "HM-LSTM folder>)")
+            chosen = range(len(captions))
+        else:
+            chosen = [int(model_outputs["best"].reshape(-1)[0])]
+        records = [{"generated_text": captions[k]} for k in chosen]
         if return_token_ids:
-            for record, ids in zip(records, sequences.tolist()):
-                record["generated_token_ids"] = ids
+            for record, k in zip(records, chosen):
+                record["generated_token_ids"] = sequences[k].tolist()
+        if return_candidates:
+            rows = [model_outputs[key].reshape(-1, len(captions))[0].tolist()
+                    for key in ("beam_scores", "similarities", "rerank_scores")]
+            records[0]["candidates"] = [
+                {"generated_text": caption, "beam_score": beam,
+                 "similarity": None if math.isnan(similarity) else similarity,
+                 "score": None if math.isinf(score) else score}
+                for caption, beam, similarity, score in zip(captions, *rows)]
         return records
 
 

@@ -260,3 +260,72 @@ def test_unknown_options_are_named(captioner, tiny):
 def test_missing_image_file(captioner, tmp_path):
     with pytest.raises((FileNotFoundError, ValueError), match="missing.png"):
         captioner(str(tmp_path / "missing.png"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# re-ranking the beam candidates with a retrieval model
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_reranker(tiny, tmp_path_factory):
+    """A random HM-LSTM reading the tiny GLIED's region features, saved to a folder."""
+    from modeling_glied import HMLSTMConfig, HMLSTMModel
+    from processing.processing_hmlstm import HMLSTMProcessor
+    from processing.reranking import BeamReranker
+
+    records = json.loads(Path(tiny["data"]["dataset_json"]).read_text())["images"]
+    processor = HMLSTMProcessor.from_captions([s["raw"] for r in records for s in r["sentences"]], count_threshold=0,
+                                              region_feature_size=128, max_regions=8, phrase_backend="rules",
+                                              region_extractor=tiny["region_extractor"])
+    torch.manual_seed(0)
+    model = HMLSTMModel(HMLSTMConfig(vocab_size=len(processor.tokenizer), word_embedding_size=8, hidden_size=16,
+                                     embedding_size=8, region_feature_size=128, region_box_size=5)).eval()
+    folder = tmp_path_factory.mktemp("tiny-hmlstm")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return {"folder": folder, "reranker": BeamReranker(model, processor, num_candidates=3, beam_weight=0.0)}
+
+
+def test_the_reranker_option_returns_the_reranked_caption(tiny, tiny_reranker):
+    paths, reranker = tiny["images"][:6], tiny_reranker["reranker"]
+    captioner = pipeline("image-to-text", model=str(tiny["model_dir"]), reranker=str(tiny_reranker["folder"]),
+                         rerank_candidates=3, rerank_beam_weight=0.0)
+    expected = reranker.generate(tiny["model"], tiny["processor"], captioner.prepare_inputs(paths), num_candidates=3,
+                                 beam_weight=0.0, max_new_tokens=6)
+    assert any(int(k) != 0 for k in expected.best)  # the reranker overrules beam search somewhere
+    assert texts(captioner(paths, batch_size=4, max_new_tokens=6)) == [[caption] for caption in expected.captions]
+    # the reranker and its options at the call; reranker=False: plain beam search as before
+    plain_captioner = pipeline("image-to-text", model=str(tiny["model_dir"]))
+    assert texts(plain_captioner(paths, reranker=reranker, rerank_candidates=3, max_new_tokens=6)) == \
+        [[caption] for caption in expected.captions]
+    plain = reference_captions(tiny["model"], tiny["processor"], tiny["extractor"], paths[:2], num_beams=3,
+                               max_new_tokens=6)
+    assert texts(captioner(paths[:2], reranker=False, num_beams=3, max_new_tokens=6)) == [[c] for c in plain]
+    assert texts(captioner(paths[:2], rerank_beam_weight=1e6, max_new_tokens=6)) == [[c] for c in plain]
+    # every candidate with its scores; the caption is the best score
+    record = captioner(paths[0], return_candidates=True, return_token_ids=True, max_new_tokens=6)
+    assert len(record) == 1 and [c["generated_text"] for c in record[0]["candidates"]] == expected.texts[0]
+    candidates = record[0]["candidates"]
+    best = max(candidates, key=lambda c: c["score"])
+    assert record[0]["generated_text"] == best["generated_text"] == expected.captions[0]
+    assert [c["beam_score"] for c in candidates] == sorted((c["beam_score"] for c in candidates), reverse=True)
+    assert all(c["score"] == pytest.approx(c["similarity"]) for c in candidates)  # beam weight 0
+    assert tiny["processor"].decode(record[0]["generated_token_ids"]) == record[0]["generated_text"]
+
+
+def test_reranking_errors(tiny, tiny_reranker, captioner):
+    from processing.reranking import BeamReranker
+
+    processor = tiny_reranker["reranker"].processor
+    other = type(processor)(processor.tokenizer, region_feature_size=128, phrase_backend="rules",
+                            region_extractor={**tiny["region_extractor"], "grid": 2})
+    mismatched = BeamReranker(tiny_reranker["reranker"].model, other)
+    with pytest.raises(ValueError, match="region extractors differ .*grid"):
+        pipeline("image-to-text", model=str(tiny["model_dir"]), reranker=mismatched)
+    with pytest.raises(ValueError, match="region extractors differ .*grid"):
+        captioner(tiny["images"][0], reranker=mismatched)
+    with pytest.raises(ValueError, match=r"\['rerank_candidates'\] need a reranker"):
+        captioner(tiny["images"][0], rerank_candidates=3)
+    with pytest.raises(ValueError, match="return_candidates needs a reranker"):
+        captioner(tiny["images"][0], return_candidates=True)
+    with pytest.raises(ValueError, match="rerank_candidates must be a positive integer"):
+        captioner(tiny["images"][0], reranker=tiny_reranker["reranker"], rerank_candidates=0)

@@ -39,6 +39,13 @@ BASE_SWITCHES = ["model.global_visual_distilling=false", "model.global_attribute
                  "model.local_distilling=false"]
 
 
+def fresh(run_dir):
+    """An empty run folder: train.py resumes from a run it finds, and a run of an earlier quick-start (other
+    sizes, other epochs) is not this one's."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return run_dir
+
+
 def novel_split_scores(output_dir, dataset_json):
     """CIDEr of the test images with a held-out colour-shape pair, and of the others."""
     records = {r["image_id"]: r for r in load_captions(dataset_json, split="test")}
@@ -122,7 +129,7 @@ def main(argv=None):
     summaries = {}
     for step, (name, switches) in enumerate((("glied", []), ("base", BASE_SWITCHES)), start=2):
         print(f"{step}/{steps} training {'GLIED' if name == 'glied' else 'the Base model'}")
-        run_dir = out / "runs" / name
+        run_dir = fresh(out / "runs" / name)
         config = load_config(CONFIG, [f"output_dir={run_dir}", *common, *switches, *args.set])
         summaries[name] = train(config)
         summaries[name]["subsets"] = novel_split_scores(run_dir, data["dataset_json"])
@@ -136,7 +143,7 @@ def main(argv=None):
                                                 start=4):
             print(f"{step}/{steps} training the HM-LSTM retrieval model ({name})")
             folder = "hmlstm" if name == "hierarchical" else "hmlstm_flat"
-            run_dir = out / "runs" / folder
+            run_dir = fresh(out / "runs" / folder)
             config = load_config(RETRIEVAL_CONFIG, [f"output_dir={run_dir}", *common, *switches],
                                  RetrievalTask.defaults)
             retrieval[name] = train(config, RetrievalTask())

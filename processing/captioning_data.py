@@ -1,6 +1,6 @@
 """Captioning data sets for training and evaluation: caption records + a feature store + attribute words.
 
-`CaptioningDataset` yields one image at a time (its regions from the memory-mapped `FeatureStore`, its attribute
+`CaptioningDataset` yields one image at a time (its regions from the `FeatureStore` (rows read with pread), its attribute
 words, its reference captions); `CaptioningCollator` turns a list of them into model inputs with the
 `GLIEDProcessor`, the captions of each image as separate rows pointing back at their image
 (`caption_image_index`), so the encoder runs once per image.

@@ -26,8 +26,9 @@ them (pixels in all three layouts), so nothing is lost: pass ``image_sizes={imag
 (e.g. the ``width``/``height`` of a COCO annotation file's images) to normalise them. A size found in the
 source wins over ``image_sizes``. Images without boxes have both set to None.
 
-`convert_feature_store` writes the records once into a `datasets` data set (Arrow, memory-mapped when loaded,
-so training memory does not grow with the store). The conversion is
+`convert_feature_store` writes the records once into a `datasets` data set (Arrow files; `FeatureStore` copies
+a row's arrays out of them with positioned reads, so training memory does not grow with the store, nor with how
+much of it a run has read). The conversion is
 
 - atomic: everything is written under the hidden sibling ``.<name>.incomplete/`` and renamed to ``output_dir``
   at the very end, so a half-written store never looks whole;
@@ -49,12 +50,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import shutil
+import weakref
 import zipfile
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -1060,7 +1063,7 @@ def load_feature_store(output_dir, format: str | None = "numpy"):
 
 def _array2d(column):
     """The (rows, width) float32 array of a one-row slice of an Array2D storage column, or None when null."""
-    array = column.combine_chunks()
+    array = column.combine_chunks() if hasattr(column, "combine_chunks") else column  # chunked or plain
     if array.null_count:
         return None
     rows = array.flatten()  # list of rows -> the rows of this image
@@ -1081,16 +1084,175 @@ def read_skipped_image_ids(output_dir) -> dict[str, str]:
     return skipped
 
 
+class _PositionedFile:
+    """One Arrow file of a store: `table`, its rows, memory-mapped (zero-copy: every buffer of `table` lies inside the
+    map, `location` gives its file offset without reading it), and `read` for positioned reads (os.pread, which
+    needs no file position: forked DataLoader workers may share the descriptor). Closed when the object goes."""
+
+    def __init__(self, path):
+        import pyarrow as pa
+
+        self.path = str(path)
+        mapped = pa.memory_map(self.path).read_buffer()  # the whole file, mapped: nothing is read yet
+        self.base, self.size = mapped.address, mapped.size
+        self.table = pa.ipc.open_stream(mapped).read_all()  # reads the batches' metadata; buffers are slices
+        self.fd = os.open(self.path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self.fd)
+
+    def location(self, buffer):
+        """The file offset of `buffer` (an Arrow buffer of `table`), or None when it is not inside the map."""
+        if buffer is None:
+            return None
+        start = buffer.address - self.base
+        return start if 0 <= start <= self.size - buffer.size else None
+
+    def read(self, start: int, size: int) -> bytes:
+        chunks = []
+        while size > 0:  # a regular file gives all that is asked for unless it ends first
+            chunk = os.pread(self.fd, size, start)
+            if not chunk:
+                raise OSError(f"{self.path} ends before byte {start + size}: did the feature store change on disk?")
+            chunks.append(chunk)
+            start, size = start + len(chunk), size - len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _PreadColumn:
+    """One column of one record batch of a `_PositionedFile`, its cells read with os.pread: the file offsets of
+    its Arrow buffers are found once from their addresses in the map, so reading a cell touches no page of the map.
+    Kinds read this way: integers and floats, strings, list<list<number>> (Array2D storage) without nulls inside
+    a cell; anything else (never in a store this module writes) is read through the map."""
+
+    def __init__(self, array, file):
+        import pyarrow as pa
+
+        self.array, self.file, self.kind = array, file, None
+        kind, buffers = array.type, array.buffers()
+        self.nested = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+        self.offset = array.offset
+        self.validity = file.location(buffers[0]) if array.null_count else None  # known from the batch's metadata
+        if array.null_count and self.validity is None:
+            return
+        if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+            self.dtype, self.data = np.dtype(kind.to_pandas_dtype()), file.location(buffers[1])
+            self.kind = "number" if self.data is not None else None
+        elif kind == pa.string():
+            self.offsets, self.data = file.location(buffers[1]), file.location(buffers[2])
+            self.kind = "string" if None not in (self.offsets, self.data) else None
+        elif pa.types.is_list(kind) and pa.types.is_list(kind.value_type) and (
+                pa.types.is_floating(kind.value_type.value_type) or pa.types.is_integer(kind.value_type.value_type)):
+            rows, values = array.values, array.values.values  # whole children: the offsets above index them
+            if rows.null_count or values.null_count:
+                return  # nulls inside a cell
+            self.dtype = np.dtype(values.type.to_pandas_dtype())
+            self.offsets, self.rows_offset = file.location(buffers[1]), rows.offset
+            self.rows_offsets = file.location(rows.buffers()[1])
+            self.values_offset, self.data = values.offset, file.location(values.buffers()[1])
+            self.kind = "array2d" if None not in (self.offsets, self.rows_offsets, self.data) else None
+
+    def _pair(self, start, index):  # offsets[index], offsets[index + 1] of an int32 offsets buffer at `start`
+        first, last = np.frombuffer(self.file.read(start + 4 * index, 8), dtype="<i4")
+        return int(first), int(last)
+
+    def cell(self, index: int):
+        """Row `index` of the column: None (null), a Python int/float/str, or a (rows, width) float32 array."""
+        if self.kind is None:
+            cell = self.array.slice(index, 1)
+            return _array2d(cell) if self.nested else cell[0].as_py()
+        index += self.offset
+        if self.validity is not None and not self.file.read(self.validity + index // 8, 1)[0] >> (index % 8) & 1:
+            return None
+        if self.kind == "number":
+            data = self.file.read(self.data + index * self.dtype.itemsize, self.dtype.itemsize)
+            return np.frombuffer(data, dtype=self.dtype)[0].item()
+        first, last = self._pair(self.offsets, index)
+        if self.kind == "string":
+            return self.file.read(self.data + first, last - first).decode("utf-8")
+        count = last - first  # rows of this cell, then where their values start and end
+        ends = np.frombuffer(self.file.read(self.rows_offsets + 4 * (self.rows_offset + first), 4 * (count + 1)), "<i4")
+        widths = np.diff(ends)
+        if count == 0 or (widths != widths[0]).any():  # no rows, or ragged rows: not an (N, F) array
+            return _array2d(self.array.slice(index - self.offset, 1))
+        size = self.dtype.itemsize
+        data = self.file.read(self.data + size * (self.values_offset + int(ends[0])), size * int(ends[-1] - ends[0]))
+        return np.frombuffer(data, dtype=self.dtype).reshape(count, -1).astype(np.float32)
+
+
+class _PreadRows:
+    """The rows of a data set's Arrow files (`dataset.cache_files`, in order), read the ``access="pread"`` way: the
+    map is only used to locate the buffers (Arrow's metadata, one small message per record batch, is parsed from
+    it); every cell is copied out of the files with os.pread."""
+
+    def __init__(self, paths):
+        import pyarrow as pa
+
+        self.files = [_PositionedFile(path) for path in paths]
+        self.starts, self.batches, row = [], [], 0  # first row and {column: _PreadColumn} of each record batch
+        for file in self.files:
+            for batch in file.table.to_batches():
+                columns = {}
+                for name in STORE_COLUMNS:
+                    column = batch.column(name)
+                    column = column.storage if isinstance(column, pa.ExtensionArray) else column
+                    columns[name] = _PreadColumn(column, file)
+                self.starts.append(row)
+                self.batches.append(columns)
+                row += batch.num_rows
+        self.num_rows = row
+
+    def matches(self, table) -> bool:
+        """Whether `table` (a data set's `data`) holds these rows: the same types and record batches, and the same
+        image id at the start of each batch. It does unless the data set was changed in memory (cast...) after
+        its files were written. Reads nothing of the files but one id per batch."""
+        if table.num_rows != self.num_rows:
+            return False
+        for name in STORE_COLUMNS:
+            theirs = table.schema.field(name).type
+            if any(columns[name].array.type != getattr(theirs, "storage_type", theirs) for columns in self.batches):
+                return False
+        ids = table.column("image_id")
+        if [len(chunk) for chunk in ids.chunks] != [len(columns["image_id"].array) for columns in self.batches]:
+            return False
+        return all(ids[start].as_py() == batch["image_id"].cell(0) for start, batch in zip(self.starts, self.batches))
+
+    def row(self, index: int) -> dict:
+        number = bisect.bisect_right(self.starts, index) - 1
+        index -= self.starts[number]
+        return {name: column.cell(index) for name, column in self.batches[number].items()}
+
+
+FEATURE_STORE_ACCESS = ("pread", "mmap")
+
+
 class FeatureStore(Mapping):
     """A converted store looked up by image id: ``store["391895"]`` is that image's record, with
     ``region_features`` (N, F) float32, ``region_boxes`` (N, 4) normalised or None, ``region_boxes_raw``,
-    ``image_width``/``image_height`` (None when unknown) and ``num_regions``. Rows stay on disk (memory-mapped);
-    only the id -> row index lives in memory. Integer ids are accepted (``store[391895]``)."""
+    ``image_width``/``image_height`` (None when unknown) and ``num_regions``. Rows stay on disk; only the
+    id -> row index lives in memory. Integer ids are accepted (``store[391895]``).
 
-    def __init__(self, store, format: str = "numpy"):
+    `access` is how rows are read from the store's Arrow files:
+
+    - ``"pread"`` (default): each cell is copied out of the files with positioned reads (os.pread) into memory
+      the caller owns. The files are memory-mapped only to locate their buffers (Arrow's metadata, one small
+      message per record batch of hundreds of images, is read from the map when the store is opened); no page
+      of a row is read through it. The files' pages stay in the kernel's page cache (shared, dropped under memory
+      pressure), but none stays mapped into this process, so its resident memory (RSS) does not grow with the
+      store, nor with how much of it a run has read.
+    - ``"mmap"``: through the memory map, as `datasets` reads. Every page touched (and the readahead around it)
+      stays mapped and counts in RSS until the kernel needs the memory back: over an epoch, RSS grows towards the
+      size of the store (18 GB for COCO's 123,287 images of 36 x 2048 float16).
+
+    benchmarks/RESULTS.md has both measured on a COCO-size store. Where ``"pread"`` cannot be used (no os.pread,
+    i.e. Windows; a data set held in memory; a data set whose rows are no longer those of its files, e.g. selected
+    and concatenated: a warning says so), rows are read the ``"mmap"`` way; `access` says which
+    way is in effect."""
+
+    def __init__(self, store, format: str = "numpy", access: str = "pread"):
         datasets = _import_datasets()
         if format not in ("numpy", "torch"):
             raise ValueError(f"format must be 'numpy' or 'torch', not {format!r}")
+        if access not in FEATURE_STORE_ACCESS:
+            raise ValueError(f"access must be 'pread' or 'mmap', not {access!r}")
         if isinstance(store, datasets.Dataset):
             self.path, self.metadata, dataset = None, {}, store
         else:
@@ -1105,11 +1267,25 @@ class FeatureStore(Mapping):
         # a select()/shuffle()d data set reads its rows through an indices mapping (datasets keeps it in _indices)
         indices = getattr(dataset, "_indices", None)
         self._physical_rows = None if indices is None else indices.column(0).to_numpy()
-        self._columns = None
+        self._columns = self._pread = None
         ids = dataset.with_format("arrow")["image_id"].to_pylist()
         self._index = {image_id: row for row, image_id in enumerate(ids)}
         if len(self._index) != len(ids):
             raise ValueError("the feature store holds an image id more than once")
+        self.access = "mmap"
+        if access == "pread" and hasattr(os, "pread") and self.dataset.cache_files:
+            self._pread = _PreadRows([entry["filename"] for entry in self.dataset.cache_files])
+            if self._pread.matches(self.dataset.data):
+                self.access = "pread"
+            else:
+                self._pread = None
+                logger.warning("the data set's rows are not those of its Arrow files (taken or changed in memory?): "
+                               "they are read through the memory map (access='mmap')")
+
+    def _pread_rows(self) -> _PreadRows:
+        if self._pread is None:  # after unpickling: the files were checked when the store was made
+            self._pread = _PreadRows([entry["filename"] for entry in self.dataset.cache_files])
+        return self._pread
 
     def _storage_columns(self):
         """The store's columns as plain Arrow arrays over the memory map, the Array2D extension type unwrapped
@@ -1127,9 +1303,9 @@ class FeatureStore(Mapping):
                 self._columns[name] = column
         return self._columns
 
-    def __getstate__(self):  # Arrow arrays would pickle their data; the data set pickles as its file paths
+    def __getstate__(self):  # Arrow arrays would pickle their data, descriptors cannot; the data set pickles as paths
         state = dict(self.__dict__)
-        state["_columns"] = None
+        state["_columns"] = state["_pread"] = None
         return state
 
     @property
@@ -1158,18 +1334,19 @@ class FeatureStore(Mapping):
             raise IndexError(f"row {index} is out of range for a feature store of {len(self._index)} images")
         if self._physical_rows is not None:
             index = int(self._physical_rows[index])
-        record = {}
-        for name, column in self._storage_columns().items():
-            value = column.slice(index, 1)
-            if name in _ARRAY_COLUMNS:
-                value = _array2d(value)
-                if value is not None and self.format == "torch":
-                    import torch
+        if self.access == "pread":
+            record = self._pread_rows().row(index)
+        else:
+            record = {}
+            for name, column in self._storage_columns().items():
+                value = column.slice(index, 1)
+                record[name] = _array2d(value) if name in _ARRAY_COLUMNS else value[0].as_py()
+        if self.format == "torch":
+            import torch
 
-                    value = torch.from_numpy(value)
-            else:
-                value = value[0].as_py()
-            record[name] = value
+            for name in _ARRAY_COLUMNS:
+                if record[name] is not None:
+                    record[name] = torch.from_numpy(record[name])
         return record
 
     def __contains__(self, image_id) -> bool:
@@ -1183,4 +1360,4 @@ class FeatureStore(Mapping):
 
     def __repr__(self):
         where = f"{self.path}, " if self.path else ""
-        return f"FeatureStore({where}{len(self)} images, feature_size={self.feature_size})"
+        return f"FeatureStore({where}{len(self)} images, feature_size={self.feature_size}, access={self.access!r})"

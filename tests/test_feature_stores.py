@@ -492,3 +492,127 @@ def test_feature_store_over_a_selected_dataset_and_pickling(tmp_path):
     payload = pickle.dumps(full)
     assert len(payload) < 20000
     np.testing.assert_array_equal(pickle.loads(payload)["7"]["region_features"], full["7"]["region_features"])
+
+
+def rows_of(store):
+    return [store.row(index) for index in range(len(store))]
+
+
+def assert_same_rows(first, second):
+    assert len(first) == len(second)
+    for one, two in zip(first, second):
+        assert one.keys() == two.keys()
+        for name, value in one.items():
+            if isinstance(value, np.ndarray):
+                assert value.dtype == np.float32 and value.flags.writeable
+                np.testing.assert_array_equal(value, two[name])
+            else:
+                assert value == two[name], name
+
+
+def pread_kinds(store):
+    """The way `_PreadColumn` reads each column of each record batch (None: through the map)."""
+    return {column.kind for batch in store._pread_rows().batches for column in batch.values()}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_pread_access_reads_the_rows_the_memory_map_holds(tmp_path, dtype):
+    ids = [str(i) for i in range(40)]
+    att = write_npz_dir(tmp_path, ids)
+    sizes = {i: SIZE for i in ids[::3]}  # the others have no size: null boxes and widths
+    out = convert(att, tmp_path / "store", dtype=dtype, image_sizes=sizes, shard_size=7)
+    pread, mmap = FeatureStore(out), FeatureStore(out, access="mmap")
+    assert pread.access == "pread" and mmap.access == "mmap" and "access='pread'" in repr(pread)
+    assert pread_kinds(pread) == {"string", "array2d", "number"}  # every column read with os.pread
+    assert_same_rows(rows_of(pread), rows_of(mmap))
+    record = pread["3"]
+    assert record["region_boxes"] is not None and record["image_width"] == SIZE[0]
+    assert pread["4"]["region_boxes"] is None and pread["4"]["image_width"] is None
+    assert pread["4"]["region_boxes_raw"] is not None
+    features, _ = arrays("4")
+    np.testing.assert_allclose(pread["4"]["region_features"], features, rtol=1e-3 if dtype == "float16" else 0)
+    import torch
+
+    tensor = FeatureStore(out, format="torch")["5"]["region_features"]
+    assert isinstance(tensor, torch.Tensor) and torch.equal(tensor, torch.from_numpy(mmap["5"]["region_features"]))
+
+
+def test_pread_access_reads_nothing_through_the_map(tmp_path, monkeypatch):
+    out = write_synthetic_feature_store(tmp_path / "syn", 30, num_regions=(2, 6), feature_size=8, progress=False)
+    store = FeatureStore(out)
+    expected = rows_of(FeatureStore(out, access="mmap"))
+
+    def through_the_map(*args):
+        raise AssertionError("a cell was read through the memory map")
+
+    monkeypatch.setattr(fs, "_array2d", through_the_map)
+    assert_same_rows(rows_of(store), expected)
+
+
+def test_pread_access_over_selected_concatenated_and_pickled_stores(tmp_path):
+    import pickle
+
+    import datasets
+
+    first = write_synthetic_feature_store(tmp_path / "a", 12, num_regions=(2, 6), feature_size=F, dtype="float32",
+                                          progress=False)
+    second = convert(write_npz_dir(tmp_path, [str(i) for i in range(500, 509)]), tmp_path / "b", dtype="float32",
+                     image_sizes={"503": SIZE})
+    both = datasets.concatenate_datasets([load_feature_store(path, format=None) for path in (first, second)])
+    store = FeatureStore(both)
+    assert store.access == "pread" and len(store._pread_rows().files) == 2 and len(store) == 21
+    assert_same_rows(rows_of(store), rows_of(FeatureStore(both, access="mmap")))
+    np.testing.assert_array_equal(store["503"]["region_features"], arrays("503")[0])
+    subset = FeatureStore(both.select([20, 2, 15]))
+    assert subset.access == "pread" and subset.image_ids == ["508", "2", "503"]
+    assert_same_rows(rows_of(subset), [store["508"], store["2"], store["503"]])
+    again = pickle.loads(pickle.dumps(subset))  # the descriptors do not travel; the files are opened again
+    assert again._pread is None and again.access == "pread"
+    assert_same_rows(rows_of(again), rows_of(subset))
+
+
+def test_pread_access_falls_back_to_the_map(tmp_path, caplog):
+    import datasets
+
+    out = write_synthetic_feature_store(tmp_path / "syn", 10, num_regions=(2, 6), feature_size=4, progress=False)
+    loaded = load_feature_store(out, format=None)
+    in_memory = datasets.Dataset.from_dict(loaded.to_dict(), features=loaded.features)
+    store = FeatureStore(in_memory)  # no files to read from: nothing is mapped either
+    assert store.access == "mmap" and not caplog.records
+    assert_same_rows(rows_of(store), rows_of(FeatureStore(out)))
+    # rows taken and concatenated in memory: the table is not the files' rows any more
+    taken = datasets.concatenate_datasets([loaded.select([1, 2]), loaded.select([7])])
+    with caplog.at_level("WARNING", logger="processing.feature_stores"):
+        store = FeatureStore(taken)
+    assert store.access == "mmap" and "read through the memory map" in caplog.text
+    assert store.image_ids == ["1", "2", "7"] and store["7"]["num_regions"] == FeatureStore(out)["7"]["num_regions"]
+    with pytest.raises(ValueError, match="access must be 'pread' or 'mmap', not 'random'"):
+        FeatureStore(out, access="random")
+
+
+def mapped_rss(directory) -> int:
+    """Bytes of the files under `directory` that are mapped into this process and resident (/proc/self/smaps)."""
+    total, counting = 0, False
+    with open("/proc/self/smaps", encoding="utf-8") as handle:
+        for line in handle:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header: address perms offset dev inode [path]
+                counting = len(fields) >= 6 and fields[5].startswith(str(directory))
+            elif counting and fields[0] == "Rss:":
+                total += int(fields[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"), reason="Linux /proc/self/smaps")
+def test_pread_access_leaves_no_store_pages_resident(tmp_path):
+    """Reading every row of a store: through the memory map, its pages stay mapped (resident, counted in RSS);
+    with pread, what stays mapped is a small part of it that does not grow with the rows read."""
+    out = write_synthetic_feature_store(tmp_path / "syn", 200, num_regions=36, feature_size=256, dtype="float32",
+                                        progress=False)
+    features = 200 * 36 * 256 * 4
+    pread = FeatureStore(out)
+    rows_of(pread)
+    assert mapped_rss(out) < 0.1 * features
+    mmap = FeatureStore(out, access="mmap")
+    rows_of(mmap)
+    assert mapped_rss(out) > 0.8 * features

@@ -7,6 +7,7 @@ from .pipeline_glied import GLIEDImageToTextPipeline, register_pipeline
 from .image_regions import PIXEL_FEATURE_SIZE, RegionFeatureExtractor, attribute_candidates
 from .processing_glied import GLIEDProcessor, register_auto_classes
 from .processing_hmlstm import HMLSTMProcessor, register_hmlstm_auto_classes
+from .reranking import BeamReranker
 from .tokenization_glied import (
     SPECIAL_TOKENS,
     GLIEDTokenizer,
@@ -25,6 +26,7 @@ __all__ = [
     "SPECIAL_TOKENS",
     "RegionFeatureExtractor",
     "attribute_candidates",
+    "BeamReranker",
     "GLIEDImageToTextPipeline",
     "GLIEDProcessor",
     "GLIEDTokenizer",

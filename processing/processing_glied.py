@@ -88,7 +88,7 @@ class GLIEDProcessor(ProcessorMixin):
         region_extractor=None,
     ):
         if tokenizer is None:
-            raise ValueError("GLIEDProcessor needs a tokenizer (a GLIEDTokenizer)")
+            raise ValueError(f"{type(self).__name__} needs a tokenizer (a GLIEDTokenizer)")
         for name, value, minimum in (
             ("region_feature_size", region_feature_size, 1),
             ("max_regions", max_regions, 1),
@@ -96,7 +96,7 @@ class GLIEDProcessor(ProcessorMixin):
             ("max_caption_length", max_caption_length, 1),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ValueError(f"GLIEDProcessor {name} must be an integer >= {minimum}, got {value!r}")
+                raise ValueError(f"{type(self).__name__} {name} must be an integer >= {minimum}, got {value!r}")
         if region_extractor is not None:
             if not isinstance(region_extractor, Mapping):
                 raise ValueError(f"region_extractor must be a dict or None, got {type(region_extractor).__name__}")
@@ -129,13 +129,20 @@ class GLIEDProcessor(ProcessorMixin):
         local = os.path.isdir(pretrained_model_name_or_path)
         if local and not os.path.isfile(os.path.join(pretrained_model_name_or_path, "tokenizer.json")):
             raise FileNotFoundError(
-                f"{pretrained_model_name_or_path} holds no GLIED processor (no tokenizer.json): save one there with "
+                f"{pretrained_model_name_or_path} holds no {cls.__name__} (no tokenizer.json): save one there with "
                 "processor.save_pretrained(...)"
             )
+        saved_config = os.path.join(str(pretrained_model_name_or_path), "processor_config.json")
+        if local and os.path.isfile(saved_config):
+            with open(saved_config, encoding="utf-8") as handle:
+                saved_class = json.load(handle).get("processor_class")
+            if saved_class not in (None, cls.__name__):
+                raise ValueError(f"{pretrained_model_name_or_path} holds a {saved_class}, not a {cls.__name__}: load it "
+                                 f"with {saved_class}.from_pretrained or AutoProcessor.from_pretrained")
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if len(processor.tokenizer) <= len(SPECIAL_TOKENS):
-            raise ValueError(f"{pretrained_model_name_or_path} holds no GLIED vocabulary: its tokenizer has only the "
-                             "special tokens; is it a GLIED processor?")
+            raise ValueError(f"{pretrained_model_name_or_path} holds no vocabulary: its tokenizer has only the "
+                             f"special tokens; is it a {cls.__name__}?")
         return processor
 
     @property

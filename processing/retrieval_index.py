@@ -95,15 +95,24 @@ class IndexMismatchError(ValueError):
 
 
 def load_retrieval_model(model_dir, device="cpu"):
-    """`(model, processor)` of a saved HM-LSTM folder, the model in eval mode on `device`, checked against each
-    other (`processor.check_model_config`)."""
+    """`(model, processor)` of a saved HM-LSTM folder, or of a Hub repository id ("user/name", downloaded once into
+    the Hub cache), the model in eval mode on `device`, checked against each other (`processor.check_model_config`)."""
     from modeling_glied.modeling_hmlstm import HMLSTMModel
 
     from .processing_hmlstm import HMLSTMProcessor
 
     folder = Path(model_dir)
     if not folder.is_dir():
-        raise FileNotFoundError(f"model folder not found: {folder}")
+        if folder.exists() or len(folder.parts) != 2 or str(model_dir).startswith((".", "/")):
+            raise FileNotFoundError(f"model folder not found: {folder}")
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            folder = Path(snapshot_download(str(model_dir)))
+        except (HfHubHTTPError, OSError, ValueError) as error:
+            raise FileNotFoundError(f"model folder not found: {model_dir}, and it is no Hub repository that can be "
+                                    f"downloaded ({type(error).__name__}: {error})") from None
     for name in ("config.json", "processor_config.json"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder} holds no {name}: not a saved HM-LSTM model with its processor "

@@ -269,5 +269,20 @@ def test_from_pretrained_refuses_a_folder_without_a_processor(tmp_path):
     from modeling_glied import GLIEDConfig
 
     GLIEDConfig(vocab_size=50).save_pretrained(tmp_path)  # a model folder, no processor in it
-    with pytest.raises(FileNotFoundError, match="holds no GLIED processor"):
+    with pytest.raises(FileNotFoundError, match="holds no GLIEDProcessor"):
         GLIEDProcessor.from_pretrained(tmp_path)
+
+
+def test_from_pretrained_refuses_the_other_processor_class(tmp_path):
+    from processing import HMLSTMProcessor
+
+    glied = GLIEDProcessor.from_captions(["a dog on a mat", "a cat"], count_threshold=0, region_feature_size=F)
+    glied.save_pretrained(tmp_path / "glied")
+    hmlstm = HMLSTMProcessor.from_captions(["a dog on a mat", "a cat"], count_threshold=0, region_feature_size=F,
+                                           phrase_backend="rules")
+    hmlstm.save_pretrained(tmp_path / "hmlstm")
+    with pytest.raises(ValueError, match="holds a GLIEDProcessor, not a HMLSTMProcessor"):
+        HMLSTMProcessor.from_pretrained(tmp_path / "glied")
+    with pytest.raises(ValueError, match="holds a HMLSTMProcessor, not a GLIEDProcessor"):
+        GLIEDProcessor.from_pretrained(tmp_path / "hmlstm")
+    assert type(HMLSTMProcessor.from_pretrained(tmp_path / "hmlstm")) is HMLSTMProcessor

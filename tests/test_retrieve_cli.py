@@ -327,3 +327,20 @@ def test_the_library_refuses_a_mismatching_index(tiny, indexed):
     (tiny["root"] / "plain.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     with pytest.raises(ValueError, match="not a retrieval index"):
         RetrievalIndex.load(tiny["root"] / "plain.safetensors")
+
+
+def test_a_hub_repository_id_works_like_a_folder(tiny, local_hub):
+    from huggingface_hub import HfApi
+
+    from processing.retrieval_index import load_retrieval_model, model_fingerprint
+
+    api = HfApi()
+    api.create_repo("user/hmlstm-tiny")
+    api.upload_folder(repo_id="user/hmlstm-tiny", folder_path=str(tiny["model"]))
+    from_hub = load_retrieval_model("user/hmlstm-tiny")
+    local = load_retrieval_model(tiny["model"])
+    assert model_fingerprint(*from_hub) == model_fingerprint(*local)
+    with pytest.raises(FileNotFoundError, match="no Hub repository"):
+        load_retrieval_model("user/no-such-model")
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        load_retrieval_model(tiny["root"] / "missing")

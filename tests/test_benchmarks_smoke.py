@@ -59,3 +59,11 @@ def test_bench_memory_quick_writes_the_stores_then_reuses_them(tmp_path):
 
     again = run_script("bench_memory.py", *args, "--prepare-only")
     assert f"reusing the store {store}: 40 images" in again and "writing" not in again
+
+
+def test_bench_retrieval_quick_prints_both_tables():
+    out = run_script("bench_retrieval.py")
+    assert [row[0] for row in table_rows(out, "| model | images/s (embed) |")] == ["hierarchical", "flat"]
+    decoding = table_rows(out, "| decoding | images/s |")
+    assert [row[0] for row in decoding] == ["beam 3", "beam 5", "5 beams re-ranked by the HM-LSTM"]
+    assert all(float(row[1]) > 0 for row in decoding) and decoding[0][2] == "1.00x"

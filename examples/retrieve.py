@@ -35,6 +35,7 @@ import torch
 from processing.image_regions import load_image
 from processing.retrieval_index import (
     FLAT_MODEL_NOTE,
+    RANK_BY,
     RetrievalIndex,
     SheetCell,
     annotate_image,
@@ -89,7 +90,7 @@ def run_index(args, model, processor):
 
 def run_search(args, model, processor):
     index = RetrievalIndex.load(args.index, expected_fingerprint=model_fingerprint(model, processor))
-    hits, query = search_index(index, model, processor, args.query, top_k=args.top_k)
+    hits, query = search_index(index, model, processor, args.query, top_k=args.top_k, rank_by=args.rank_by)
     for hit in hits:
         hit.name = _shown(hit.name)
     print(_describe(query, model))
@@ -98,7 +99,8 @@ def run_search(args, model, processor):
         cells = []
         for hit in hits:
             scores = "  ".join(f"{number + 1}: {match.score:.2f}" for number, match in enumerate(hit.matches))
-            caption = f"#{hit.rank}  cos {hit.score:.3f}\n{Path(hit.name).name}" + (f"\n{scores}" if scores else "")
+            label = "cos" if args.rank_by == "sentence" else args.rank_by
+            caption = f"#{hit.rank}  {label} {hit.score:.3f}\n{Path(hit.name).name}" + (f"\n{scores}" if scores else "")
             cells.append(SheetCell(load_image(index.paths[hit.row]), caption, _outlines(hit)))
         path = draw_sheet(cells, args.sheet, title=f"search: {query.text!r} (top {len(hits)} of {len(index)} images)",
                           phrases=[text for text, _ in query.phrases], note=_phrase_note(model, query))
@@ -156,6 +158,9 @@ def build_parser():
     search.add_argument("--index", required=True, help="index file (.safetensors) or folder")
     search.add_argument("--query", required=True, help="the sentence to search for")
     search.add_argument("--top-k", type=int, default=8)
+    search.add_argument("--rank-by", choices=RANK_BY, default="sentence",
+                        help="sentence: cos(image, sentence); phrases: the mean of each query phrase's best region "
+                             "(compound queries: every part must be in the image); both: their sum (phrases x 0.5)")
     search.add_argument("--sheet", help="write a contact sheet PNG of the results here")
     annotate = command("annotate", "rank the sentences of a file for one image")
     annotate.add_argument("--image", required=True)

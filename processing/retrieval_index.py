@@ -60,6 +60,7 @@ __all__ = [
     "Hit",
     "IndexMismatchError",
     "PhraseMatch",
+    "RANK_BY",
     "Query",
     "RetrievalIndex",
     "SheetCell",
@@ -501,19 +502,37 @@ def _ranked(scores, top_k):
     return np.argsort(-np.asarray(scores), kind="stable")[:top_k]
 
 
-def search_index(index, model, processor, query, top_k=8):
-    """Rank the images of `index` for the sentence `query` by cos(image, sentence).
+RANK_BY = ("sentence", "phrases", "both")
 
+
+def search_index(index, model, processor, query, top_k=8, rank_by="sentence", phrase_weight=0.5):
+    """Rank the images of `index` for the sentence `query`.
+
+    rank_by: "sentence" scores an image by cos(image, sentence) (the model's image-sentence score); "phrases" by the
+    mean over the query's phrases of each phrase's best region (hierarchical model only): every part of a compound
+    query ("a red circle next to a blue star") must be found in the image; "both" adds the two,
+    `cos(image, sentence) + phrase_weight * phrases`.
     Returns `(hits, query)`: the best `top_k` images as `Hit`s (name = image path; matches: the best region of
     each phrase of the query in that image) and the embedded `Query`.
     """
     if not isinstance(query, str):
         raise ValueError(f"the query must be a string, got {type(query).__name__}")
+    if rank_by not in RANK_BY:
+        raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
     if bool(model.config.hierarchical) != index.hierarchical:
         raise IndexMismatchError("the index and the model disagree on config.hierarchical: re-index the images")
     embedded = embed_query(model, processor, query)
     # s(I, q) = cos(v_I, s_q)
     scores = index.image_embeds @ embedded.sentence_embed
+    if rank_by != "sentence":
+        if embedded.phrase_embeds is None or not embedded.phrases:
+            raise ValueError(f"rank_by={rank_by!r} needs phrase embeddings: the hierarchical model and a query with at "
+                             f"least one phrase ({query!r} has "
+                             f"{'none' if embedded.phrase_embeds is not None else 'a flat model'})")
+        # s_P(I, q) = mean_p max_i cos(p, r_i^I)
+        cosines = np.einsum("pe,ine->ipn", np.asarray(embedded.phrase_embeds, np.float32), index.region_embeds)
+        phrase_scores = np.where(index.region_mask[:, None, :], cosines, -np.inf).max(axis=2).mean(axis=1)
+        scores = phrase_scores if rank_by == "phrases" else scores + phrase_weight * phrase_scores
     hits = [Hit(rank=rank + 1, row=int(row), score=float(scores[row]), name=index.paths[row],
                 matches=_matches(embedded, *index.regions_of(row)))
             for rank, row in enumerate(_ranked(scores, top_k))]

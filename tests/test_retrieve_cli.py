@@ -344,3 +344,33 @@ def test_a_hub_repository_id_works_like_a_folder(tiny, local_hub):
         load_retrieval_model("user/no-such-model")
     with pytest.raises(FileNotFoundError, match="model folder not found"):
         load_retrieval_model(tiny["root"] / "missing")
+
+
+def test_rank_by_phrases_and_both_rank_like_the_model_phrase_scores(tiny, script, indexed, capsys):
+    model, processor = load_retrieval_model(tiny["model"])
+    outputs = RegionFeatureExtractor.from_dict(EXTRACTOR)(tiny["paths"])
+    images = processor(region_features=[o["region_features"] for o in outputs],
+                       region_boxes=[o["region_boxes"] for o in outputs])
+    text = processor(sentences=[QUERY])
+    with torch.no_grad():
+        _, regions = model.embed_images(images["region_features"], images["region_mask"], images["region_boxes"])
+        _, phrases = model.embed_sentences(text["input_ids"], text["attention_mask"], text["phrase_spans"],
+                                           text["phrase_mask"])
+        # the model's phrase-image score, averaged over the query's phrases
+        phrase_scores = model.phrase_image_similarity(phrases, regions, images["region_mask"])[0].mean(dim=0).numpy()
+    sentence_scores = brute_force_scores(tiny["model"], tiny["paths"], QUERY)
+    for rank_by, expected_scores in (("phrases", phrase_scores), ("both", sentence_scores + 0.5 * phrase_scores)):
+        result = script.main(["search", "--model", str(tiny["model"]), "--index", str(indexed), "--query", QUERY,
+                              "--top-k", "7", "--rank-by", rank_by])
+        expected = np.argsort(-expected_scores, kind="stable")[:7]
+        assert [hit.row for hit in result["hits"]] == expected.tolist()
+        np.testing.assert_allclose([hit.score for hit in result["hits"]], expected_scores[expected], atol=1e-5)
+    from processing.retrieval_index import RetrievalIndex, search_index
+
+    index = RetrievalIndex.load(indexed)
+    with pytest.raises(ValueError, match="rank_by must be one of"):
+        search_index(index, model, processor, QUERY, rank_by="regions")
+    flat_model, flat_processor = load_retrieval_model(tiny["flat"])
+    flat_index = RetrievalIndex(**{**index.__dict__, "hierarchical": False})
+    with pytest.raises(ValueError, match="needs phrase embeddings"):
+        search_index(flat_index, flat_model, flat_processor, QUERY, rank_by="phrases")

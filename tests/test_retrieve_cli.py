@@ -77,18 +77,26 @@ def indexed(tiny, script):
     return index
 
 
-def brute_force_scores(model_dir, paths, query):
-    """cos(image, query) for every image, the long way: extractor -> processor -> model, no index."""
+def long_way(model_dir, paths, query):
+    """The model's outputs for the images and the query, the long way: extractor -> processor -> model, no index."""
     model, processor = load_retrieval_model(model_dir)
     outputs = RegionFeatureExtractor.from_dict(EXTRACTOR)(paths)
     images = processor(region_features=[o["region_features"] for o in outputs],
                        region_boxes=[o["region_boxes"] for o in outputs])
     text = processor(sentences=[query])
     with torch.no_grad():
-        image_embeds, _ = model.embed_images(images["region_features"], images["region_mask"], images["region_boxes"])
-        sentence, _ = model.embed_sentences(text["input_ids"], text["attention_mask"], text["phrase_spans"],
-                                            text["phrase_mask"])
-    return (image_embeds @ sentence[0]).numpy()
+        image_embeds, regions = model.embed_images(images["region_features"], images["region_mask"],
+                                                   images["region_boxes"])
+        sentence, phrases = model.embed_sentences(text["input_ids"], text["attention_mask"], text["phrase_spans"],
+                                                  text["phrase_mask"])
+    return {"model": model, "images": image_embeds, "regions": regions, "region_mask": images["region_mask"],
+            "sentence": sentence, "phrases": phrases}
+
+
+def brute_force_scores(model_dir, paths, query):
+    """cos(image, query) for every image, the long way."""
+    out = long_way(model_dir, paths, query)
+    return (out["images"] @ out["sentence"][0]).numpy()
 
 
 def table_rows(output):
@@ -347,18 +355,13 @@ def test_a_hub_repository_id_works_like_a_folder(tiny, local_hub):
 
 
 def test_rank_by_phrases_and_both_rank_like_the_model_phrase_scores(tiny, script, indexed, capsys):
-    model, processor = load_retrieval_model(tiny["model"])
-    outputs = RegionFeatureExtractor.from_dict(EXTRACTOR)(tiny["paths"])
-    images = processor(region_features=[o["region_features"] for o in outputs],
-                       region_boxes=[o["region_boxes"] for o in outputs])
-    text = processor(sentences=[QUERY])
+    out = long_way(tiny["model"], tiny["paths"], QUERY)
     with torch.no_grad():
-        _, regions = model.embed_images(images["region_features"], images["region_mask"], images["region_boxes"])
-        _, phrases = model.embed_sentences(text["input_ids"], text["attention_mask"], text["phrase_spans"],
-                                           text["phrase_mask"])
         # the model's phrase-image score, averaged over the query's phrases
-        phrase_scores = model.phrase_image_similarity(phrases, regions, images["region_mask"])[0].mean(dim=0).numpy()
-    sentence_scores = brute_force_scores(tiny["model"], tiny["paths"], QUERY)
+        phrase_scores = out["model"].phrase_image_similarity(out["phrases"], out["regions"], out["region_mask"])
+    phrase_scores = phrase_scores[0].mean(dim=0).numpy()
+    sentence_scores = (out["images"] @ out["sentence"][0]).numpy()
+    model, processor = load_retrieval_model(tiny["model"])
     for rank_by, expected_scores in (("phrases", phrase_scores), ("both", sentence_scores + 0.5 * phrase_scores)):
         result = script.main(["search", "--model", str(tiny["model"]), "--index", str(indexed), "--query", QUERY,
                               "--top-k", "7", "--rank-by", rank_by])

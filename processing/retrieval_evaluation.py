@@ -259,7 +259,8 @@ def embed_texts(model, processor, texts, spans=None, batch_size=128):
     try:
         for start in range(0, len(texts), batch_size):
             chunk = texts[start:start + batch_size]
-            inputs = processor(sentences=chunk, return_tensors="pt")
+            # the processor parses phrases only when the model is to use its own spans
+            inputs = processor(sentences=chunk, return_tensors="pt", return_phrases=spans is None)
             input_ids, attention_mask = inputs["input_ids"].to(device), inputs["attention_mask"].to(device)
             lengths = inputs["attention_mask"].sum(dim=1)
             if spans is None:
@@ -413,7 +414,8 @@ def _token_counts(processor, texts, batch_size):
     """The number of tokens the processor keeps of each text."""
     counts = []
     for start in range(0, len(texts), batch_size):
-        counts.extend(processor(sentences=texts[start:start + batch_size], return_tensors="pt")["attention_mask"]
+        counts.extend(processor(sentences=texts[start:start + batch_size], return_tensors="pt",
+                                return_phrases=False)["attention_mask"]
                       .sum(dim=1).tolist())
     return counts
 

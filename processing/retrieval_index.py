@@ -529,9 +529,12 @@ def search_index(index, model, processor, query, top_k=8, rank_by="sentence", ph
             raise ValueError(f"rank_by={rank_by!r} needs phrase embeddings: the hierarchical model and a query with at "
                              f"least one phrase ({query!r} has "
                              f"{'none' if embedded.phrase_embeds is not None else 'a flat model'})")
-        # s_P(I, q) = mean_p max_i cos(p, r_i^I)
-        cosines = np.einsum("pe,ine->ipn", np.asarray(embedded.phrase_embeds, np.float32), index.region_embeds)
-        phrase_scores = np.where(index.region_mask[:, None, :], cosines, -np.inf).max(axis=2).mean(axis=1)
+        # s_P(I, q) = mean_p s(p, I), with the model's phrase-image score s(p, I) = max_i cos(p, r_i^I)
+        phrases = torch.from_numpy(np.asarray(embedded.phrase_embeds, np.float32)).unsqueeze(0)  # (1, P, E)
+        with torch.no_grad():
+            similarity = model.phrase_image_similarity(phrases, torch.from_numpy(index.region_embeds),
+                                                       torch.from_numpy(index.region_mask))
+        phrase_scores = similarity[0].mean(dim=0).numpy()
         scores = phrase_scores if rank_by == "phrases" else scores + phrase_weight * phrase_scores
     hits = [Hit(rank=rank + 1, row=int(row), score=float(scores[row]), name=index.paths[row],
                 matches=_matches(embedded, *index.regions_of(row)))

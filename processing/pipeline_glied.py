@@ -137,7 +137,7 @@ class GLIEDImageToTextPipeline(Pipeline):
                              f"{type(region_extractor).__name__}")
         self._region_extractor = region_extractor
         if region_extractor is not None:
-            self._check_extractor(region_extractor)
+            self.processor.check_region_extractor(region_extractor)
         if attribute_detector is None:
             attribute_detector = getattr(self.model.config, "attribute_detector", None)
         self.attribute_detector = self._load_attribute_detector(attribute_detector)
@@ -203,23 +203,13 @@ class GLIEDImageToTextPipeline(Pipeline):
         device = getattr(self, "device", None)
         return "cpu" if device is None else str(device)
 
-    def _check_extractor(self, extractor):
-        if extractor.feature_size != self.processor.region_feature_size:
-            raise ValueError(
-                f"the region extractor gives features of width {extractor.feature_size}, the model expects "
-                f"{self.processor.region_feature_size} (processor.region_feature_size)"
-            )
-
     @property
     def region_extractor(self) -> RegionFeatureExtractor:
         """The extractor of raw images, rebuilt from `processor.region_extractor` at first use."""
         if self._region_extractor is None:
-            description = self.processor.region_extractor
-            if not description:
+            self._region_extractor = self.processor.build_region_extractor(self._extractor_device())
+            if self._region_extractor is None:
                 raise ValueError(NO_EXTRACTOR_MESSAGE)
-            extractor = RegionFeatureExtractor.from_dict(dict(description), device=self._extractor_device())
-            self._check_extractor(extractor)
-            self._region_extractor = extractor
         return self._region_extractor
 
     def _load_attribute_detector(self, detector):

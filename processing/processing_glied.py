@@ -149,6 +149,25 @@ class GLIEDProcessor(ProcessorMixin):
     def model_input_names(self):
         return ["region_features", "region_mask", "region_boxes", "attribute_ids", "attribute_mask"]
 
+    def check_region_extractor(self, extractor):
+        """Raise a ValueError when a `RegionFeatureExtractor` makes features of another width than this processor's."""
+        if extractor.feature_size != self.region_feature_size:
+            raise ValueError(
+                f"the region extractor gives features of width {extractor.feature_size}, the model expects "
+                f"{self.region_feature_size} (processor.region_feature_size)"
+            )
+
+    def build_region_extractor(self, device="cpu"):
+        """The `RegionFeatureExtractor` that `region_extractor` describes (how the model's images became features),
+        checked against `region_feature_size`; None when the processor has no description (precomputed features)."""
+        if not self.region_extractor:
+            return None
+        from .image_regions import RegionFeatureExtractor
+
+        extractor = RegionFeatureExtractor.from_dict(dict(self.region_extractor), device=str(device))
+        self.check_region_extractor(extractor)
+        return extractor
+
     def check_model_config(self, config):
         """Raise a ValueError when the model `config` (a `GLIEDConfig`) disagrees with this processor."""
         if config.region_feature_size != self.region_feature_size:

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .image_regions import RegionFeatureExtractor, load_image
+from .image_regions import load_image
 from .retrieval_evaluation import _model_device_dtype, _numpy, _pad, _to_model, embed_texts
 from .tokenization_glied import split_caption
 
@@ -142,19 +142,16 @@ def model_fingerprint(model, processor):
 
 def region_extractor_of(processor, device="cpu"):
     """The `RegionFeatureExtractor` that `processor.region_extractor` describes (how the model's training images
-    became region features), checked against the processor's feature width."""
-    description = processor.region_extractor
-    if not description:
+    became region features), checked against the processor's feature width; a ValueError saying how to set it when
+    the processor has none."""
+    extractor = processor.build_region_extractor(device)
+    if extractor is None:
         raise ValueError(
             "the processor has no region_extractor setting, so raw images cannot become region features. Set it "
             "to the extractor the model was trained with and save the processor next to the model, e.g. "
             "processor.region_extractor = RegionFeatureExtractor(detector='components', backbone='pixels', "
             "max_regions=8).to_dict(); processor.save_pretrained(MODEL_DIR)"
         )
-    extractor = RegionFeatureExtractor.from_dict(dict(description), device=str(device))
-    if extractor.feature_size != processor.region_feature_size:
-        raise ValueError(f"the processor's region_extractor gives features of width {extractor.feature_size}, the "
-                         f"processor (and model) expect {processor.region_feature_size}")
     return extractor
 
 

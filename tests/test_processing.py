@@ -286,3 +286,19 @@ def test_from_pretrained_refuses_the_other_processor_class(tmp_path):
     with pytest.raises(ValueError, match="holds a HMLSTMProcessor, not a GLIEDProcessor"):
         GLIEDProcessor.from_pretrained(tmp_path / "hmlstm")
     assert type(HMLSTMProcessor.from_pretrained(tmp_path / "hmlstm")) is HMLSTMProcessor
+
+
+def test_build_region_extractor_from_the_description_and_check_its_width():
+    from processing import RegionFeatureExtractor
+
+    description = RegionFeatureExtractor(detector="components", backbone="pixels", max_regions=8).to_dict()
+    tokenizer = GLIEDProcessor.from_captions(["a dog"], count_threshold=0).tokenizer
+    assert GLIEDProcessor(tokenizer, region_feature_size=description["feature_size"]).build_region_extractor() is None
+    processor = GLIEDProcessor(tokenizer, region_feature_size=description["feature_size"], region_extractor=description)
+    extractor = processor.build_region_extractor()
+    assert extractor.to_dict() == description
+    wrong = GLIEDProcessor(tokenizer, region_feature_size=description["feature_size"] + 1,
+                           region_extractor=description)
+    with pytest.raises(ValueError, match=f"width {description['feature_size']}, the model expects "
+                                         f"{description['feature_size'] + 1}"):
+        wrong.build_region_extractor()

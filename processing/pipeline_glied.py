@@ -57,7 +57,7 @@ from transformers import GenerationConfig, Pipeline
 
 from .image_regions import RegionFeatureExtractor, attribute_candidates
 from .processing_glied import GLIEDProcessor
-from .reranking import _finite_number, _positive_int, load_reranker
+from .reranking import finite_number, load_reranker, positive_int
 from .tokenization_glied import SPECIAL_TOKENS
 
 TASK = "image-to-text"
@@ -168,9 +168,9 @@ class GLIEDImageToTextPipeline(Pipeline):
         if reranker is not None:
             options["reranker"] = False if reranker is False else self._load_reranker(reranker)
         if rerank_candidates is not None:
-            options["rerank_candidates"] = _positive_int(rerank_candidates, "rerank_candidates")
+            options["rerank_candidates"] = positive_int(rerank_candidates, "rerank_candidates")
         if rerank_beam_weight is not None:
-            options["rerank_beam_weight"] = _finite_number(rerank_beam_weight, "rerank_beam_weight")
+            options["rerank_beam_weight"] = finite_number(rerank_beam_weight, "rerank_beam_weight")
         postprocess_params = {} if return_token_ids is None else {"return_token_ids": bool(return_token_ids)}
         if return_candidates is not None:
             postprocess_params["return_candidates"] = bool(return_candidates)

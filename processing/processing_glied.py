@@ -50,7 +50,8 @@ def _split_images(value, name, item_ndim):
     raise ValueError(f"{name} must be a list with one item per image or an array, got {type(value).__name__}")
 
 
-def _batch_tensors(data, return_tensors):
+def batch_tensors(data, return_tensors):
+    """A processor's numpy outputs as torch tensors when `return_tensors='pt'`, else as they are."""
     if return_tensors == "pt":
         return {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in data.items()}
     return data
@@ -280,7 +281,7 @@ class GLIEDProcessor(ProcessorMixin):
             if image_index is None:
                 image_index = np.arange(next(iter(sizes.values())), dtype=np.int64)
             data["image_index"] = image_index
-        batch = BatchFeature(_batch_tensors(data, return_tensors))
+        batch = BatchFeature(batch_tensors(data, return_tensors))
         if return_unknown_words:
             batch["unknown_words"] = {kind: dict(counts.most_common()) for kind, counts in unknown.items()}
         return batch

@@ -20,7 +20,7 @@ import numpy as np
 from transformers import BatchFeature
 
 from .phrases import BACKENDS, PhraseExtractor
-from .processing_glied import GLIEDProcessor, _batch_tensors
+from .processing_glied import GLIEDProcessor, batch_tensors
 from .tokenization_glied import register_tokenizer, split_caption
 
 # the keyword arguments of `HMLSTMModel.forward` that a processor (or `RetrievalCollator`) batch provides
@@ -213,7 +213,7 @@ class HMLSTMProcessor(GLIEDProcessor):
             data.update(self._sentence_arrays(texts, return_phrases))
             if image_index is not None:
                 data["sentence_image_index"] = image_index
-        return BatchFeature(_batch_tensors(data, return_tensors))
+        return BatchFeature(batch_tensors(data, return_tensors))
 
     def phrases(self, sentence):
         """The phrases of one sentence as the model sees them (after the `max_sentence_length` cut):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .image_regions import RegionFeatureExtractor
-from .retrieval_evaluation import _model_device_dtype, _to_model, embed_texts
+from .retrieval_evaluation import embed_texts, model_device_dtype, to_model
 from .tokenization_glied import split_caption
 
 DEFAULT_CANDIDATES = 5
@@ -99,13 +99,15 @@ class RerankedBeams:
         return self.sequences[torch.arange(self.sequences.shape[0]), self.best.to(self.sequences.device)]
 
 
-def _positive_int(value, name):
+def positive_int(value, name):
+    """`value` if it is a positive integer, else a ValueError naming `name`."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
 
 
-def _finite_number(value, name):
+def finite_number(value, name):
+    """`value` as a float if it is a finite number, else a ValueError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
@@ -131,9 +133,9 @@ class BeamReranker:
         processor.check_model_config(model.config)
         self.model = model.eval()
         self.processor = processor
-        self.beam_weight = _finite_number(beam_weight, "beam_weight")
-        self.num_candidates = _positive_int(num_candidates, "num_candidates")
-        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.beam_weight = finite_number(beam_weight, "beam_weight")
+        self.num_candidates = positive_int(num_candidates, "num_candidates")
+        self.batch_size = positive_int(batch_size, "batch_size")
 
     @classmethod
     def from_pretrained(cls, path, device=None, **kwargs):
@@ -166,8 +168,8 @@ class BeamReranker:
             region_boxes=None if boxes is None else [boxes[row][valid[row]].numpy() for row in range(boxes.shape[0])],
             return_tensors="pt",
         )
-        device, dtype = _model_device_dtype(self.model)
-        inputs = _to_model(dict(inputs), device, dtype)
+        device, dtype = model_device_dtype(self.model)
+        inputs = to_model(dict(inputs), device, dtype)
         images, _ = self.model.embed_images(inputs["region_features"], inputs["region_mask"],
                                             inputs.get("region_boxes"))
         return images.to("cpu", torch.float32)
@@ -196,7 +198,7 @@ class BeamReranker:
         Returns:
             a `RerankedBeams`.
         """
-        weight = self.beam_weight if beam_weight is None else _finite_number(beam_weight, "beam_weight")
+        weight = self.beam_weight if beam_weight is None else finite_number(beam_weight, "beam_weight")
         beam_scores = torch.as_tensor(beam_scores, dtype=torch.float32).detach().cpu()
         count = region_features.shape[0]
         if beam_scores.ndim != 2 or beam_scores.shape[0] != count or len(texts) != count:
@@ -230,11 +232,11 @@ class BeamReranker:
             raise ValueError(f"{taken} are set by the reranker (it returns one caption per image; its candidates "
                              f"come back with return_candidates / RerankedBeams)")
         self.check_captioner(processor)
-        candidates = _positive_int(self.num_candidates if num_candidates is None else num_candidates,
+        candidates = positive_int(self.num_candidates if num_candidates is None else num_candidates,
                                    "num_candidates")
         if num_beams is None:
             num_beams = getattr(getattr(model, "generation_config", None), "num_beams", None) or 1
-        beams = max(_positive_int(num_beams, "num_beams"), candidates)
+        beams = max(positive_int(num_beams, "num_beams"), candidates)
         output = model.generate(**inputs, num_beams=beams, num_return_sequences=candidates, output_scores=True,
                                 return_dict_in_generate=True, **generate_kwargs)
         count = inputs["region_features"].shape[0]

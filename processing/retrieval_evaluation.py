@@ -127,22 +127,24 @@ class RetrievalEmbeddings:
         return self.phrase_spans[rows], self.phrase_embeds[rows]
 
 
-def _model_device_dtype(model):
+def model_device_dtype(model):
+    """The device and dtype of the model's parameters."""
     parameter = next(model.parameters())
     return parameter.device, parameter.dtype
 
 
-def _to_model(inputs, device, dtype):
+def to_model(inputs, device, dtype):
     """Model inputs on the model's device, floating ones in its dtype."""
     return {key: value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
             for key, value in inputs.items()}
 
 
-def _numpy(tensor):
+def to_numpy(tensor):
+    """A tensor as a float32 numpy array on the CPU."""
     return tensor.detach().to("cpu", torch.float32).numpy()
 
 
-def _pad(arrays, value=0):
+def pad_first_axis(arrays, value=0):
     """Stack arrays that differ in their first axis, padding it with `value`."""
     longest = max(a.shape[0] for a in arrays)
     out = np.full((len(arrays), longest, *arrays[0].shape[1:]), value, dtype=arrays[0].dtype)
@@ -174,7 +176,7 @@ def embed_dataset(model, processor, dataset, batch_size=128, progress=True, with
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          collate_fn=RetrievalCollator(processor,
                                                                       with_phrases=bool(model.config.hierarchical)))
-    device, dtype = _model_device_dtype(model)
+    device, dtype = model_device_dtype(model)
     hierarchical = bool(model.config.hierarchical)
     was_training = model.training
     model.eval()
@@ -183,16 +185,16 @@ def embed_dataset(model, processor, dataset, batch_size=128, progress=True, with
     phrase_embeds, phrase_spans, phrase_sentence = [], [], []
     try:
         for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
-            inputs = _to_model(retrieval_inputs(batch), device, dtype)
+            inputs = to_model(retrieval_inputs(batch), device, dtype)
             region_mask, region_boxes = batch["region_mask"], batch.get("region_boxes")
             captions = batch["references"]  # the item's captions: the sentences, image after image
             image_embeds, region_embeds = model.embed_images(
                 inputs["region_features"], inputs["region_mask"], inputs.get("region_boxes"))
             first_image = len(image_ids)
             image_ids.extend(str(i) for i in batch["image_ids"])
-            images.append(_numpy(image_embeds))
+            images.append(to_numpy(image_embeds))
             valid = region_mask.bool().numpy()
-            region_embeds = _numpy(region_embeds) if with_regions else None
+            region_embeds = to_numpy(region_embeds) if with_regions else None
             for row in range(valid.shape[0]):  # the valid regions of each image, first to last
                 region_masks.append(np.ones(int(valid[row].sum()), dtype=bool))
                 if with_regions:
@@ -210,10 +212,10 @@ def embed_dataset(model, processor, dataset, batch_size=128, progress=True, with
             spans, phrase_mask = batch.get("phrase_spans"), batch.get("phrase_mask")
             sentence, phrases = model.embed_sentences(inputs["input_ids"], inputs["attention_mask"],
                                                       inputs.get("phrase_spans"), inputs.get("phrase_mask"))
-            sentence_embeds.append(_numpy(sentence))
+            sentence_embeds.append(to_numpy(sentence))
             if phrases is not None:
                 b, p = phrase_mask.bool().nonzero(as_tuple=True)
-                phrase_embeds.append(_numpy(phrases[b.to(device), p.to(device)]))
+                phrase_embeds.append(to_numpy(phrases[b.to(device), p.to(device)]))
                 phrase_spans.append(spans[b, p].long().numpy())
                 phrase_sentence.append(first_sentence + b.numpy())
     finally:
@@ -223,9 +225,9 @@ def embed_dataset(model, processor, dataset, batch_size=128, progress=True, with
     return RetrievalEmbeddings(
         image_ids=image_ids,
         image_embeds=np.concatenate(images),
-        region_embeds=_pad(regions) if with_regions else None,
-        region_mask=_pad(region_masks, False),
-        region_boxes=_pad(boxes) if len(boxes) == len(image_ids) else None,  # None unless every image had boxes
+        region_embeds=pad_first_axis(regions) if with_regions else None,
+        region_mask=pad_first_axis(region_masks, False),
+        region_boxes=pad_first_axis(boxes) if len(boxes) == len(image_ids) else None,  # None unless every image had boxes
         sentences=sentences,
         sentence_image=np.concatenate(sentence_image).astype(np.int64),
         sentence_number=np.concatenate(sentence_number).astype(np.int64),
@@ -251,7 +253,7 @@ def embed_texts(model, processor, texts, spans=None, batch_size=128):
         raise ValueError("texts must be a non-empty list of strings")
     if spans is not None and spans != "whole" and len(spans) != len(texts):
         raise ValueError(f"spans must hold one list of spans per text: {len(spans)} for {len(texts)} texts")
-    device, _ = _model_device_dtype(model)
+    device, _ = model_device_dtype(model)
     hierarchical = bool(model.config.hierarchical)
     was_training = model.training
     model.eval()
@@ -285,10 +287,10 @@ def embed_texts(model, processor, texts, spans=None, batch_size=128):
             sentence, phrases = model.embed_sentences(
                 input_ids, attention_mask, None if chunk_spans is None else chunk_spans.to(device),
                 None if chunk_mask is None else chunk_mask.to(device))
-            sentence_out.append(_numpy(sentence))
+            sentence_out.append(to_numpy(sentence))
             if phrases is None or spans is None:
                 continue
-            phrases = _numpy(phrases)
+            phrases = to_numpy(phrases)
             if spans == "whole":
                 phrase_out.append(phrases[:, 0])
             else:

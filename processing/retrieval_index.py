@@ -48,7 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .image_regions import load_image
-from .retrieval_evaluation import _model_device_dtype, _numpy, _pad, _to_model, embed_texts
+from .retrieval_evaluation import embed_texts, model_device_dtype, pad_first_axis, to_model, to_numpy
 from .tokenization_glied import split_caption
 
 __all__ = [
@@ -164,19 +164,19 @@ def embed_raw_images(model, processor, extractor_outputs):
     """
     inputs = processor(region_features=[o["region_features"] for o in extractor_outputs],
                        region_boxes=[o["region_boxes"] for o in extractor_outputs])
-    device, dtype = _model_device_dtype(model)
-    tensors = _to_model({key: inputs[key] for key in ("region_features", "region_mask", "region_boxes")},
+    device, dtype = model_device_dtype(model)
+    tensors = to_model({key: inputs[key] for key in ("region_features", "region_mask", "region_boxes")},
                         device, dtype)
     image_embeds, region_embeds = model.embed_images(tensors["region_features"], tensors["region_mask"],
                                                      tensors["region_boxes"])
-    region_embeds, valid = _numpy(region_embeds), inputs["region_mask"].bool().numpy()
+    region_embeds, valid = to_numpy(region_embeds), inputs["region_mask"].bool().numpy()
     boxes = inputs["region_boxes"].to(torch.float32).numpy()
     regions = []
     for row, output in enumerate(extractor_outputs):
         kept = valid[row]
         regions.append({"embeds": region_embeds[row][kept], "boxes": boxes[row][kept],
                         "labels": list(output.get("labels", ["region"] * len(kept)))[:int(kept.sum())]})
-    return _numpy(image_embeds), regions
+    return to_numpy(image_embeds), regions
 
 
 # ------------------------------------------------------------------------------------------------ the index
@@ -249,9 +249,9 @@ class RetrievalIndex:
             paths=[str(p) for p in paths], sha256=list(sha256),
             image_sizes=np.asarray(image_sizes, np.int64).reshape(-1, 2),
             image_embeds=np.asarray(image_embeds, np.float32).reshape(-1, width),
-            region_embeds=_pad([r["embeds"] for r in regions]),
-            region_mask=_pad([np.ones(len(r["embeds"]), bool) for r in regions], False),
-            region_boxes=_pad([r["boxes"] for r in regions]),
+            region_embeds=pad_first_axis([r["embeds"] for r in regions]),
+            region_mask=pad_first_axis([np.ones(len(r["embeds"]), bool) for r in regions], False),
+            region_boxes=pad_first_axis([r["boxes"] for r in regions]),
             region_labels=[list(r["labels"]) for r in regions],
             fingerprint=fingerprint, hierarchical=bool(hierarchical), region_extractor=dict(region_extractor or {}))
 
@@ -339,7 +339,7 @@ def index_folder(model, processor, folder, index_path, batch_size=32, progress=T
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     files = [path.resolve() for path in list_images(folder, recursive)]
-    extractor = extractor or region_extractor_of(processor, _model_device_dtype(model)[0])
+    extractor = extractor or region_extractor_of(processor, model_device_dtype(model)[0])
     fingerprint = model_fingerprint(model, processor)
     index_path = resolve_index_path(index_path)
     previous, rebuilt = None, False
@@ -550,7 +550,7 @@ def annotate_image(model, processor, image, sentences, top_k=None, extractor=Non
         raise ValueError("sentences must be a non-empty list of strings")
     queries = embed_query(model, processor, list(sentences), batch_size=batch_size)
     pixels = load_image(image)
-    extractor = extractor or region_extractor_of(processor, _model_device_dtype(model)[0])
+    extractor = extractor or region_extractor_of(processor, model_device_dtype(model)[0])
     image_embeds, (regions,) = embed_raw_images(model, processor, [extractor(pixels)])
     # s(I, q) = cos(v_I, s_q)
     scores = np.stack([q.sentence_embed for q in queries]) @ image_embeds[0]

@@ -9,7 +9,8 @@ A GLIED captioner or an HM-LSTM retrieval model: the `model_type` of the folder'
 Everything goes up in ONE commit, so every revision of the repository holds a model and the processor and card
 that belong to it: `model.safetensors`, `config.json`, the code that `trust_remote_code=True` loads where glied is
 not installed (GLIED: `configuration_glied.py` and `modeling_glied.py`, with `generation_config.json`; HM-LSTM:
-`modeling_hmlstm.py`, config and model in one file), `processor_config.json` (HM-LSTM: with its phrase parser),
+`modeling_hmlstm.py`, config and model in one file; both with the `config_checks.py` their configs import),
+`processor_config.json` (HM-LSTM: with its phrase parser),
 the tokenizer files, and `README.md` (the card of `processing/model_card.py`, with the results of the training run
 found next to the model folder). The model and processor are loaded and saved again (`save_pretrained`), which
 checks that they load and agree; an HM-LSTM processor saved with spaCy's parser needs spaCy here to load.

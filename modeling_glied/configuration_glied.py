@@ -10,6 +10,8 @@ try:  # transformers >= 5
 except ImportError:  # transformers 4.x
     from transformers import PretrainedConfig as PreTrainedConfig
 
+from .config_checks import check_fractions, check_positive_ints, check_switches, check_token_ids
+
 
 class GLIEDConfig(PreTrainedConfig):
     r"""
@@ -96,30 +98,19 @@ class GLIEDConfig(PreTrainedConfig):
         self._validate_glied()
 
     def _validate_glied(self):
-        positive = ("vocab_size", "hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers",
-                    "region_feature_size")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"GLIEDConfig.{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, "vocab_size", "hidden_size", "num_attention_heads", "intermediate_size",
+                            "num_hidden_layers", "region_feature_size")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"GLIEDConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads}) so that every head has the same width"
             )
-        if not isinstance(self.region_box_size, int) or self.region_box_size < 0:
+        if not isinstance(self.region_box_size, int) or isinstance(self.region_box_size, bool) or self.region_box_size < 0:
             raise ValueError(f"GLIEDConfig.region_box_size must be an integer >= 0, got {self.region_box_size!r}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "label_smoothing"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"GLIEDConfig.{name} must lie in [0, 1), got {value!r}")
-        for name in ("global_visual_distilling", "global_attribute_distilling", "local_distilling"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"GLIEDConfig.{name} is a switch and must be True or False, got {getattr(self, name)!r}")
+        check_fractions(self, "hidden_dropout_prob", "attention_probs_dropout_prob", "label_smoothing")
+        check_switches(self, "global_visual_distilling", "global_attribute_distilling", "local_distilling")
         ids = {name: getattr(self, name) for name in ("pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id")}
-        for name, value in ids.items():
-            if not isinstance(value, int) or not 0 <= value < self.vocab_size:
-                raise ValueError(f"GLIEDConfig.{name} must be a token id in [0, vocab_size={self.vocab_size}), got {value!r}")
+        check_token_ids(self, *ids)
         if len(set(ids.values())) != len(ids):
             raise ValueError(f"GLIEDConfig special token ids must be distinct, got {ids}")
 

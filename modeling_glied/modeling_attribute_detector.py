@@ -11,8 +11,9 @@ Choices the paper leaves open (documented for the model card): `f` is one hidden
 `initial_region_probability` so that the noisy-OR over tens of regions does not start near 1; the loss is the
 mean binary cross-entropy over images and words, computed from the log-space noisy-OR.
 
-Config and model live in this one file, which imports torch and transformers only, so that a saved checkpoint
-carries it and loads with `trust_remote_code=True` where glied is not installed.
+Config and model live in this one file, which imports torch, transformers and the config checks only, so that a
+saved checkpoint carries it (and `config_checks.py`) and loads with `trust_remote_code=True` where glied is not
+installed.
 """
 
 import math
@@ -29,6 +30,8 @@ try:  # transformers >= 5
     from transformers import PreTrainedConfig
 except ImportError:  # transformers 4.x
     from transformers import PretrainedConfig as PreTrainedConfig
+
+from .config_checks import check_fractions, check_positive_ints, check_positive_numbers
 
 try:  # transformers >= 5: initialisers that leave loaded weights alone
     from transformers import initialization as init
@@ -81,23 +84,14 @@ class GLIEDAttributeDetectorConfig(PreTrainedConfig):
         self._validate_detector()
 
     def _validate_detector(self):
-        for name in ("region_feature_size", "hidden_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"GLIEDAttributeDetectorConfig.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.hidden_dropout_prob, (int, float)) or not 0.0 <= self.hidden_dropout_prob < 1.0:
-            raise ValueError(
-                f"GLIEDAttributeDetectorConfig.hidden_dropout_prob must lie in [0, 1), got {self.hidden_dropout_prob!r}"
-            )
+        check_positive_ints(self, "region_feature_size", "hidden_size")
+        check_fractions(self, "hidden_dropout_prob")
         probability = self.initial_region_probability
         if not isinstance(probability, (int, float)) or isinstance(probability, bool) or not 0.0 < probability < 1.0:
             raise ValueError(
                 f"GLIEDAttributeDetectorConfig.initial_region_probability must lie in (0, 1), got {probability!r}"
             )
-        for name in ("initializer_range", "layer_norm_eps"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"GLIEDAttributeDetectorConfig.{name} must be a positive number, got {value!r}")
+        check_positive_numbers(self, "initializer_range", "layer_norm_eps")
         seen = set()
         for index, word in enumerate(self.attribute_words):
             if not isinstance(word, str) or not word or word != "".join(word.split()):

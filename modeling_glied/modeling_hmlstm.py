@@ -17,8 +17,9 @@ Choices the seed leaves open (documented for the model card):
 - every embedding is L2-normalised; similarities are cosines.
 - losses are means over the queries of the batch (sum or max over each query's negatives).
 
-Config and model live in this one file, which imports torch and transformers only, so that a saved checkpoint
-carries it and loads with `trust_remote_code=True` where glied is not installed.
+Config and model live in this one file, which imports torch, transformers and the config checks only, so that a
+saved checkpoint carries it (and `config_checks.py`) and loads with `trust_remote_code=True` where glied is not
+installed.
 """
 
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ try:  # transformers >= 5
     from transformers import PreTrainedConfig
 except ImportError:  # transformers 4.x
     from transformers import PretrainedConfig as PreTrainedConfig
+
+from .config_checks import (check_fractions, check_non_negative_numbers, check_positive_ints, check_positive_numbers,
+                            check_switches, check_token_ids)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -98,10 +102,8 @@ class HMLSTMConfig(PreTrainedConfig):
         self._validate_hmlstm()
 
     def _validate_hmlstm(self):
-        for name in ("vocab_size", "word_embedding_size", "hidden_size", "embedding_size", "region_feature_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"HMLSTMConfig.{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, "vocab_size", "word_embedding_size", "hidden_size", "embedding_size",
+                            "region_feature_size")
         if self.hidden_size % 2:
             raise ValueError(
                 f"HMLSTMConfig.hidden_size must be even (the word LSTM is bidirectional, hidden_size // 2 each way), "
@@ -112,24 +114,11 @@ class HMLSTMConfig(PreTrainedConfig):
                 f"HMLSTMConfig.region_box_size must be 0 (no boxes), 4 (corners) or 5 (corners and area), "
                 f"got {self.region_box_size!r}"
             )
-        if not isinstance(self.margin, (int, float)) or isinstance(self.margin, bool) or self.margin < 0:
-            raise ValueError(f"HMLSTMConfig.margin must be a number >= 0, got {self.margin!r}")
-        weight = self.phrase_loss_weight
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
-            raise ValueError(f"HMLSTMConfig.phrase_loss_weight must be a number >= 0, got {weight!r}")
-        for name in ("hardest_negative", "hierarchical"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"HMLSTMConfig.{name} is a switch and must be True or False, got {getattr(self, name)!r}")
-        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"HMLSTMConfig.dropout must lie in [0, 1), got {self.dropout!r}")
-        value = self.initializer_range
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"HMLSTMConfig.initializer_range must be a positive number, got {value!r}")
-        if not isinstance(self.pad_token_id, int) or not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(
-                f"HMLSTMConfig.pad_token_id must be a token id in [0, vocab_size={self.vocab_size}), "
-                f"got {self.pad_token_id!r}"
-            )
+        check_non_negative_numbers(self, "margin", "phrase_loss_weight")
+        check_switches(self, "hardest_negative", "hierarchical")
+        check_fractions(self, "dropout")
+        check_positive_numbers(self, "initializer_range")
+        check_token_ids(self, "pad_token_id")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -338,7 +338,7 @@ def test_trust_remote_code_loads_where_the_package_is_not_importable(tmp_path):
     GLIEDAttributeDetector.register_for_auto_class("AutoModel")
     model = detector()
     model.save_pretrained(tmp_path / "ckpt")
-    assert "modeling_attribute_detector.py" in os.listdir(tmp_path / "ckpt")
+    assert {"modeling_attribute_detector.py", "config_checks.py"} <= set(os.listdir(tmp_path / "ckpt"))
     features = torch.randn(2, 3, 6)
     torch.save(features, tmp_path / "features.pt")
     expected = model.predict(features, top_k=3)

@@ -26,6 +26,7 @@ def test_round_trip(tmp_path):
         (dict(hidden_size=30), "divisible by num_attention_heads"),
         (dict(vocab_size=0), "vocab_size must be a positive integer"),
         (dict(hidden_dropout_prob=1.5), "hidden_dropout_prob must lie in"),
+        (dict(attention_probs_dropout_prob=False), "attention_probs_dropout_prob must lie in"),  # a rate, not a switch
         (dict(local_distilling="yes"), "local_distilling is a switch"),
         (dict(vocab_size=3), "unk_token_id must be a token id"),
         (dict(eos_token_id=0), "must be distinct"),

@@ -252,6 +252,7 @@ def test_save_load_round_trip(tmp_path):
     (dict(phrase_loss_weight=-1), "phrase_loss_weight"),
     (dict(dropout=1.0), "dropout"),
     (dict(pad_token_id=20), "pad_token_id"),
+    (dict(initializer_range=0), "HMLSTMConfig.initializer_range must be a positive number"),
 ])
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):

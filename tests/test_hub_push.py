@@ -33,9 +33,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_METRICS = {"BLEU-1": 0.8123, "BLEU-2": 0.7, "BLEU-3": 0.6, "BLEU-4": 0.5234, "METEOR": 0.31,
                 "ROUGE-L": 0.6, "CIDEr": 1.234}
 UPLOADED = {"model.safetensors", "config.json", "generation_config.json", "configuration_glied.py",
-            "modeling_glied.py", "processor_config.json", "tokenizer.json", "tokenizer_config.json", "README.md"}
-HMLSTM_UPLOADED = {"model.safetensors", "config.json", "modeling_hmlstm.py", "processor_config.json", "tokenizer.json",
-                   "tokenizer_config.json", "README.md"}
+            "modeling_glied.py", "config_checks.py", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
+            "README.md"}
+HMLSTM_UPLOADED = {"model.safetensors", "config.json", "modeling_hmlstm.py", "config_checks.py",
+                   "processor_config.json", "tokenizer.json", "tokenizer_config.json", "README.md"}
 SHAPES = ["a red circle", "a blue star next to a green square", "two yellow triangles on the left",
           "a small red square above a large blue circle", "a green star"]
 

@@ -286,7 +286,8 @@ def test_save_and_load_restore_identical_outputs(tmp_path):
     model.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
     assert "model.safetensors" in files and "config.json" in files
-    assert {"configuration_glied.py", "modeling_glied.py"} <= files  # the code travels with the checkpoint
+    # the code travels with the checkpoint, the config checks its config imports included
+    assert {"configuration_glied.py", "modeling_glied.py", "config_checks.py"} <= files
     inputs, ids = make_inputs(), torch.randint(4, 40, (3, 5))
     for loader in (GLIEDForCaptioning, transformers.AutoModelForImageTextToText):
         loaded = loader.from_pretrained(tmp_path).eval()

@@ -34,6 +34,7 @@ setup(
         "pillow",
         "tqdm",
     ],
+    # psutil (accelerate needs it too): the end-to-end tests stop a hung run's workers and print their stacks
     extras_require={"train": TRAIN, "images": IMAGES, "phrases": PHRASES,
-                    "dev": TRAIN + IMAGES + PHRASES + ["pytest"]},
+                    "dev": TRAIN + IMAGES + PHRASES + ["pytest", "psutil"]},
 )

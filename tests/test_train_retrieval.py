@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from launch import launch_command, run_script
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -28,13 +29,8 @@ def run(data, output_dir, *extra, processes=1):
             "train.epochs=2", "train.batch_size=10", "train.warmup_steps=1", "model.word_embedding_size=16",
             "model.hidden_size=32", "model.embedding_size=32", "evaluation.batch_size=8", "evaluation.grounding=true",
             *extra]
-    launch = [] if processes == 1 else ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                                        str(processes), "--num_machines", "1", "--mixed_precision", "no",
-                                        "--dynamo_backend", "no"]
-    result = subprocess.run([sys.executable, *launch, str(ROOT / "examples" / "train_retrieval.py"), "--config",
-                             str(CONFIG), "--set", *args], capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
+    return run_script([*launch_command(ROOT / "examples" / "train_retrieval.py", processes), "--config", str(CONFIG),
+                       "--set", *args], cwd=ROOT)
 
 
 def test_hierarchical_run_resumes_exactly_and_reports_retrieval_grounding_and_phrase_queries(data, tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from launch import launch_command, run_script
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,16 +38,8 @@ def settings(data, output_dir, *extra):
 
 
 def run(args, processes=1):
-    if processes == 1:
-        command = [sys.executable, str(ROOT / "examples" / "train.py")]
-    else:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                   str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   str(ROOT / "examples" / "train.py")]
-    result = subprocess.run([*command, "--config", str(ROOT / "examples" / "configs" / "quickstart.yaml"),
-                             "--set", *args], capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
+    return run_script([*launch_command(ROOT / "examples" / "train.py", processes), "--config",
+                       str(ROOT / "examples" / "configs" / "quickstart.yaml"), "--set", *args], cwd=ROOT)
 
 
 def final_weights(output_dir):

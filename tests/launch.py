@@ -9,18 +9,23 @@ import signal
 import subprocess
 import sys
 
+from pathlib import Path
+
 import psutil
 import pytest
 
 HUNG_RUN_GRACE_SECONDS = 30
+TEARDOWN_CHECK = Path(__file__).with_name("ddp_teardown_check.py")
 
 
 def launch_command(script, processes=1):
-    """The command that runs `script` on `processes` CPU processes."""
+    """The command that runs `script` on `processes` CPU processes; several go through ddp_teardown_check.py,
+    which fails the run if a DistributedDataParallel wrapper outlives training (each process prints its MARKER)."""
     if processes == 1:
         return [sys.executable, str(script)]
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(TEARDOWN_CHECK),
+            str(script)]
 
 
 def run_script(command, cwd, timeout=900):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ddp_teardown_check import MARKER as TEARDOWN_MARKER
 from launch import launch_command, run_script
 from PIL import Image
 from safetensors.torch import load_file
@@ -86,7 +87,8 @@ def test_hierarchical_run_resumes_exactly_and_reports_retrieval_grounding_and_ph
 
 
 def test_two_processes_train_one_model(data, tmp_path):
-    run(data, tmp_path / "two", "evaluation.grounding=false", processes=2)
+    two_processes = run(data, tmp_path / "two", "evaluation.grounding=false", processes=2)
+    assert two_processes.stdout.count(TEARDOWN_MARKER) == 2  # both ranks freed the DDP wrapper before teardown
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["global_step"] == 8  # 40 images / 10 a step x 2 epochs
     assert summary["test_metrics"]["retrieval"]["sentences"] == 50  # the main process tests the whole split

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from ddp_teardown_check import MARKER as TEARDOWN_MARKER
 from launch import launch_command, run_script
 from safetensors.torch import load_file
 
@@ -56,7 +57,8 @@ def test_two_processes_match_one_process_of_the_same_global_batch(data, tmp_path
     common = ["train.optimizer=sgd", "train.learning_rate=0.05", "model.hidden_dropout_prob=0.0",
               "model.attention_probs_dropout_prob=0.0"]
     run(settings(data, tmp_path / "one", *common))
-    run(settings(data, tmp_path / "two", *common), processes=2)
+    two_processes = run(settings(data, tmp_path / "two", *common), processes=2)
+    assert two_processes.stdout.count(TEARDOWN_MARKER) == 2  # both ranks freed the DDP wrapper before teardown
     one = json.loads((tmp_path / "one" / "summary.json").read_text())
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert (one["num_processes"], two["num_processes"]) == (1, 2)

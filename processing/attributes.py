@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .arguments import positive_int
 from .tokenization_glied import split_caption
 
 # Function words: articles and determiners, prepositions, pronouns, auxiliaries and modals, conjunctions, a few
@@ -86,8 +87,7 @@ def build_attribute_vocabulary(captions_per_image, size=1000, stopwords=STOP_WOR
         word, however often), alphabetically among equal frequencies: deterministic and independent of the order
         of images and captions.
     """
-    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
+    positive_int(size, "size")
     if stopwords is None:
         stopwords = ()
     if isinstance(stopwords, str) or not isinstance(stopwords, Iterable):

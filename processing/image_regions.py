@@ -57,6 +57,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .arguments import positive_int
+
 __all__ = [
     "COCO_LABELS",
     "DETECTORS",
@@ -812,8 +814,7 @@ class RegionFeatureExtractor:
         sampling_ratio: int = 2,
         device: str = "cpu",
     ):
-        if not isinstance(max_regions, int) or isinstance(max_regions, bool) or max_regions < 1:
-            raise ValueError(f"max_regions must be a positive integer, got {max_regions!r}")
+        positive_int(max_regions, "max_regions")
         if not 0.0 <= float(score_threshold) <= 1.0:
             raise ValueError(f"score_threshold must lie in [0, 1], got {score_threshold!r}")
         if nms_iou is not None and not 0.0 < float(nms_iou) <= 1.0:

@@ -55,9 +55,10 @@ import numpy as np
 import transformers
 from transformers import GenerationConfig, Pipeline
 
+from .arguments import finite_number, positive_int
 from .image_regions import RegionFeatureExtractor, attribute_candidates
 from .processing_glied import GLIEDProcessor
-from .reranking import finite_number, load_reranker, positive_int
+from .reranking import load_reranker
 from .tokenization_glied import SPECIAL_TOKENS
 
 TASK = "image-to-text"
@@ -141,9 +142,7 @@ class GLIEDImageToTextPipeline(Pipeline):
         if attribute_detector is None:
             attribute_detector = getattr(self.model.config, "attribute_detector", None)
         self.attribute_detector = self._load_attribute_detector(attribute_detector)
-        if not isinstance(attribute_top_k, int) or isinstance(attribute_top_k, bool) or attribute_top_k < 1:
-            raise ValueError(f"attribute_top_k must be a positive integer, got {attribute_top_k!r}")
-        self.attribute_top_k = attribute_top_k
+        self.attribute_top_k = positive_int(attribute_top_k, "attribute_top_k")
         self.attribute_threshold = attribute_threshold
         self.reranker = self._load_reranker(reranker) if reranker not in (None, False) else None
 

@@ -60,6 +60,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .arguments import positive_int
 from .tokenization_glied import split_caption
 
 __all__ = [
@@ -199,8 +200,7 @@ def _validate_options(num_train, num_val, num_test, image_size, held_out_pairs, 
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < _MIN_IMAGE_SIZE:
         raise ValueError(f"image_size must be an integer of at least {_MIN_IMAGE_SIZE} pixels, got {image_size!r}")
-    if not isinstance(captions_per_image, int) or isinstance(captions_per_image, bool) or captions_per_image < 1:
-        raise ValueError(f"captions_per_image must be a positive integer, got {captions_per_image!r}")
+    positive_int(captions_per_image, "captions_per_image")
     for name, value in (("novel_fraction", novel_fraction), ("attribute_drop_rate", attribute_drop_rate),
                         ("attribute_spurious_rate", attribute_spurious_rate)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:

@@ -19,11 +19,11 @@ filled in; a description on one side only is a disagreement too, since the featu
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass
 
 import torch
 
+from .arguments import finite_number, positive_int
 from .image_regions import RegionFeatureExtractor
 from .retrieval_evaluation import embed_texts, model_device_dtype, to_model
 from .tokenization_glied import split_caption
@@ -97,20 +97,6 @@ class RerankedBeams:
     def best_sequences(self) -> torch.Tensor:
         """(B, T) the token ids of the chosen captions."""
         return self.sequences[torch.arange(self.sequences.shape[0]), self.best.to(self.sequences.device)]
-
-
-def positive_int(value, name):
-    """`value` if it is a positive integer, else a ValueError naming `name`."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def finite_number(value, name):
-    """`value` as a float if it is a finite number, else a ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
 
 
 class BeamReranker:

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .arguments import positive_int
 from .retrieval_data import RetrievalCollator, retrieval_inputs
 from .retrieval_metrics import (
     RECALL_KS,
@@ -171,8 +172,7 @@ def embed_dataset(model, processor, dataset, batch_size=128, progress=True, with
     """
     if len(dataset) == 0:
         raise ValueError("the data set is empty: nothing to embed")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    positive_int(batch_size, "batch_size")
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          collate_fn=RetrievalCollator(processor,
                                                                       with_phrases=bool(model.config.hierarchical)))

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .arguments import positive_int
 from .image_regions import load_image
 from .retrieval_evaluation import embed_texts, model_device_dtype, pad_first_axis, to_model, to_numpy
 from .tokenization_glied import split_caption
@@ -336,8 +337,7 @@ def index_folder(model, processor, folder, index_path, batch_size=32, progress=T
 
     Returns `(index, counts)`, counts = {"embedded", "reused", "dropped", "skipped", "rebuilt" (bool)}.
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    positive_int(batch_size, "batch_size")
     files = [path.resolve() for path in list_images(folder, recursive)]
     extractor = extractor or region_extractor_of(processor, model_device_dtype(model)[0])
     fingerprint = model_fingerprint(model, processor)
@@ -494,8 +494,7 @@ def _matches(query, embeds, boxes, labels):
 
 
 def _ranked(scores, top_k):
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    positive_int(top_k, "top_k")
     return np.argsort(-np.asarray(scores), kind="stable")[:top_k]
 
 

@@ -1274,8 +1274,7 @@ class FeatureStore(Mapping):
             raise ValueError("the feature store holds an image id more than once")
         self.access = "mmap"
         if access == "pread" and hasattr(os, "pread") and self.dataset.cache_files:
-            self._pread = _PreadRows([entry["filename"] for entry in self.dataset.cache_files])
-            if self._pread.matches(self.dataset.data):
+            if self._pread_rows().matches(self.dataset.data):
                 self.access = "pread"
             else:
                 self._pread = None
@@ -1283,7 +1282,7 @@ class FeatureStore(Mapping):
                                "they are read through the memory map (access='mmap')")
 
     def _pread_rows(self) -> _PreadRows:
-        if self._pread is None:  # after unpickling: the files were checked when the store was made
+        if self._pread is None:  # at first use, and after unpickling (the files were checked when the store was made)
             self._pread = _PreadRows([entry["filename"] for entry in self.dataset.cache_files])
         return self._pread
 

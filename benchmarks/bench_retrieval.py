@@ -25,8 +25,10 @@ WORDS, PHRASES, CAPTIONS = 12, 3, 5
 
 def sizes(args):
     if args.quick:
-        return dict(vocab=200, word=32, hidden=64, joint=64, regions=4, feature=32, batch=8)
-    return dict(vocab=10000, word=300, hidden=1024, joint=1024, regions=36, feature=2048, batch=args.batch_size)
+        return dict(vocab=200, word=32, hidden=64, joint=64, regions=4, feature=32, batch=8, glied=32, heads=4)
+    # GLIED (the captioner re-ranked) at the paper's size: d_model 512, 8 heads
+    return dict(vocab=10000, word=300, hidden=1024, joint=1024, regions=36, feature=2048, batch=args.batch_size,
+                glied=512, heads=8)
 
 
 def text_inputs(count, vocab, device):
@@ -104,21 +106,19 @@ def main(argv=None):
     hmlstm_processor = HMLSTMProcessor.from_captions([" ".join(words)], count_threshold=0,
                                                      region_feature_size=s["feature"], phrase_backend="rules")
     torch.manual_seed(0)
-    hidden = 512 if not args.quick else 32
-    captioner = GLIEDForCaptioning(GLIEDConfig(vocab_size=len(glied_processor.tokenizer), hidden_size=hidden,
-                                               num_attention_heads=8 if not args.quick else 4,
-                                               intermediate_size=4 * hidden, region_feature_size=s["feature"]))
+    captioner = GLIEDForCaptioning(GLIEDConfig(vocab_size=len(glied_processor.tokenizer), hidden_size=s["glied"],
+                                               num_attention_heads=s["heads"], intermediate_size=4 * s["glied"],
+                                               region_feature_size=s["feature"]))
     captioner = captioner.to(device).eval()
     reranker_model = HMLSTMModel(HMLSTMConfig(vocab_size=len(hmlstm_processor.tokenizer), word_embedding_size=s["word"],
                                               hidden_size=s["hidden"], embedding_size=s["joint"],
                                               region_feature_size=s["feature"])).to(device).eval()
     reranker = BeamReranker(reranker_model, hmlstm_processor, num_candidates=5)
-    inputs = {k: v for k, v in images.items()}
     options = dict(max_new_tokens=16, min_new_tokens=16)
     with torch.no_grad():
-        beam3 = timed(lambda: captioner.generate(**inputs, num_beams=3, **options), repeats, device)
-        beam5 = timed(lambda: captioner.generate(**inputs, num_beams=5, **options), repeats, device)
-        reranked = timed(lambda: reranker.generate(captioner, glied_processor, inputs, num_beams=3, **options),
+        beam3 = timed(lambda: captioner.generate(**images, num_beams=3, **options), repeats, device)
+        beam5 = timed(lambda: captioner.generate(**images, num_beams=5, **options), repeats, device)
+        reranked = timed(lambda: reranker.generate(captioner, glied_processor, images, num_beams=3, **options),
                          repeats, device)
     print("\n### GLIED captioning with and without re-ranking (16 words per caption)\n")
     print("| decoding | images/s | time vs beam 3 |")
